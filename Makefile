@@ -73,7 +73,14 @@ sync: $(VENV)/.installed
 	$(PY) tools/sync_notebooks.py
 
 ## bench: course_lib against the peer libraries, table into bench/README.md
-bench: $(VENV)/.installed
+## (PyTorch, the peer of the network benchmarks, lives in its own venv: .venv-torch)
+TORCH_PY := .venv-torch/bin/python
+.venv-torch/.installed:
+	$(PYTHON) -m venv .venv-torch
+	$(TORCH_PY) -m pip install --quiet torch==2.13.0 "numpy<3"
+	touch $@
+
+bench: $(VENV)/.installed .venv-torch/.installed
 	$(PY) bench/run.py
 
 clean:
