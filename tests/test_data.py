@@ -1,0 +1,139 @@
+"""course_lib.data: shapes, dtypes, seeded splits, and clear errors for bad input."""
+import gzip
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from course_lib import data
+
+
+@pytest.mark.parametrize("name, shape, n_total, n_classes", [
+    ("digits", (8, 8), 1797, 10),
+    ("mnist_small", (28, 28), 5000, 10),
+])
+def test_image_sets(name, shape, n_total, n_classes):
+    s = data.load(name)
+    assert s.x_train.shape[1:] == shape and s.x_test.shape[1:] == shape
+    assert len(s.x_train) + len(s.x_test) == n_total
+    assert s.x_train.dtype == np.float32 and s.y_train.dtype == np.int32
+    assert 0.0 <= s.x_train.min() and s.x_train.max() <= 1.0
+    assert set(np.unique(s.y_test)) == set(range(n_classes))
+    # Stratified: the test set holds about 20% of every class.
+    frac = np.bincount(s.y_test) / (np.bincount(s.y_test) + np.bincount(s.y_train))
+    assert np.all(np.abs(frac - 0.2) < 0.01)
+
+
+def test_splits_are_fixed_and_disjoint():
+    a, b = data.load_digits(), data.load_digits()
+    np.testing.assert_array_equal(a.x_test, b.x_test)
+    tr, te = data.stratified_split(np.repeat(np.arange(3), 10), 0.3)
+    assert len(np.intersect1d(tr, te)) == 0 and len(tr) + len(te) == 30
+    with pytest.raises(ValueError, match="test_fraction"):
+        data.stratified_split(np.zeros(4), 1.5)
+
+
+def test_iris_and_series():
+    iris = data.load("iris")
+    assert iris.x_train.shape[1] == 4 and len(iris.feature_names) == 4
+    for name, n in [("sunspots", 309), ("nile", 100)]:
+        s = data.load(name)
+        assert len(s.values) == len(s.time) == n and s.values.dtype == np.float64
+    co2 = data.load("co2")
+    assert not np.isnan(co2.values).any() and np.all(np.diff(co2.time) > 0)
+
+
+def test_text_corpora():
+    text = data.load("shakespeare")
+    assert len(text) == 5_057_198 and text.isascii()
+    assert "To be, or not to be" in text
+    names = data.load("names")
+    assert len(names) == 5163 and names == sorted(set(names)) and "mary" in names
+
+
+def test_char_vocab_round_trip():
+    vocab = data.CharVocab.from_text("hello world")
+    ids = vocab.encode("hello")
+    assert ids.dtype == np.int32 and vocab.decode(ids) == "hello" and vocab.size == 8
+    assert data.CharVocab.from_text(["ab", "bc"]).chars == "abc"
+    with pytest.raises(ValueError, match="'z'"):
+        vocab.encode("z")
+
+
+def test_unknown_dataset_names_the_choices():
+    with pytest.raises(data.DataError, match="unknown dataset 'mnits'.*mnist_small"):
+        data.load("mnits")
+    with pytest.raises(data.DataError, match="unknown series"):
+        data.load_series("dow_jones")
+
+
+@pytest.fixture
+def data_copy(tmp_path, monkeypatch):
+    """A private data directory holding copies of the prepared corpora."""
+    for f in ("shakespeare.txt", "names.txt"):
+        shutil.copy(data.repo_root() / "data" / f, tmp_path / f)
+    monkeypatch.setenv(data.DATA_DIR_ENV_VAR, str(tmp_path))
+    return tmp_path
+
+
+def test_missing_corpus_names_the_fix(data_copy):
+    (data_copy / "names.txt").unlink()
+    with pytest.raises(data.DataError, match="names.txt is missing.*make data"):
+        data.load("names")
+
+
+def test_corrupted_corpus_is_detected(data_copy):
+    path = data_copy / "shakespeare.txt"
+    raw = bytearray(path.read_bytes())
+    raw[1000] ^= 1  # one flipped bit, same size
+    path.write_bytes(bytes(raw))
+    with pytest.raises(data.DataError, match="damaged.*make data"):
+        data.load("shakespeare")
+
+
+def test_fetch_offline_is_one_clear_error(data_copy):
+    # Port 9 on loopback (discard) refuses connections: an offline machine, no internet used.
+    with pytest.raises(data.DataError) as info:
+        data.fetch("mnist", mirrors=["http://127.0.0.1:9/nowhere"], timeout=2)
+    message = str(info.value)
+    assert "could not fetch mnist/" in message and "offline" in message and "\n" not in message
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+    assert not list((data_copy / "mnist").glob("*.gz")), "no partial file may be left behind"
+
+
+def test_fetched_set_is_verified_then_loaded(data_copy, tmp_path, monkeypatch):
+    """A fake 'mirror' on disk serves IDX files; the manifest is patched with their hashes."""
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    images = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
+    labels = np.array([3, 7], dtype=np.uint8)
+
+    def idx(arr):
+        header = bytes([0, 0, 8, arr.ndim]) + b"".join(d.to_bytes(4, "big") for d in arr.shape)
+        return gzip.compress(header + arr.tobytes(), mtime=0)
+
+    blobs = {"train-images-idx3-ubyte.gz": idx(images), "train-labels-idx1-ubyte.gz": idx(labels),
+             "t10k-images-idx3-ubyte.gz": idx(images), "t10k-labels-idx1-ubyte.gz": idx(labels)}
+    manifest = json.loads(json.dumps(data.manifest()))
+    for fname, blob in blobs.items():
+        (mirror / fname).write_bytes(blob)
+        manifest["files"][f"mnist/{fname}"] = {"size": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
+    monkeypatch.setattr(data, "manifest", lambda: manifest)
+    data.fetch("mnist", mirrors=[mirror.as_uri()])
+    split = data.load("mnist")
+    assert split.x_train.shape == (2, 28, 28) and list(split.y_test) == [3, 7]
+    np.testing.assert_allclose(split.x_train[0, 0, 1], 1 / 255, rtol=1e-6)
+    # A tampered mirror file is refused and the good copy stays.
+    (mirror / "train-labels-idx1-ubyte.gz").write_bytes(b"evil")
+    (data_copy / "mnist" / "train-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(data.DataError, match="sha256 mismatch"):
+        data.fetch("mnist", mirrors=[mirror.as_uri()])
+
+
+def test_cli_prints_one_line_on_failure(data_copy, capsys):
+    (data_copy / "names.txt").unlink()
+    assert data._main(["check"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: names.txt is missing") and err.count("\n") == 1
