@@ -1,0 +1,186 @@
+"""The book: its configuration, a clean offline build, and notebook 01's page in a browser.
+
+The build renders the outputs stored in the notebooks (no execution), with warnings as
+errors, like ``make book``. The browser test opens the notebook-01 page in headless
+Chromium and checks what a reader sees: typeset maths, the figures, the Colab button.
+A screenshot of that page is kept in ``artifacts/`` (git-ignored; CI uploads it).
+"""
+from __future__ import annotations
+
+import base64
+import re
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import nbformat
+import pytest
+import yaml
+
+from conftest import ROOT, course_notebooks, load_config, run_browser
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PAGE = "notebooks/01_probability"
+ARTIFACTS = ROOT / "artifacts"
+
+
+class Elements(HTMLParser):
+    """Collects the tags of an HTML document as ``(tag, attributes)`` pairs."""
+
+    def __init__(self, html: str):
+        super().__init__(convert_charrefs=True)
+        self.found: list[tuple[str, dict[str, str]]] = []
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        self.found.append((tag, {k: v or "" for k, v in attrs}))
+
+    def handle_startendtag(self, tag, attrs):
+        self.handle_starttag(tag, attrs)
+
+    def tags(self, name: str) -> list[dict[str, str]]:
+        return [attrs for tag, attrs in self.found if tag == name]
+
+
+def toc_files() -> list[str]:
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [toc["root"]]
+    for part in toc.get("parts", [{"chapters": toc.get("chapters", [])}]):
+        files += [chapter["file"] for chapter in part["chapters"]]
+    return files
+
+
+def colab_url(config: dict, notebook: str) -> str:
+    repo = config["repository"]
+    slug = urlsplit(repo["url"]).path.strip("/")
+    base = config["launch_buttons"]["colab_url"].rstrip("/")
+    return f"{base}/github/{slug}/blob/{repo['branch']}/{notebook}.ipynb"
+
+
+def png_outputs(notebook: Path) -> int:
+    """How many PNG figures the notebook's stored outputs hold (what the page must show)."""
+    nb = nbformat.read(notebook, as_version=4)
+    hidden = {"remove-output", "remove-cell"}
+    return sum(
+        "image/png" in output.get("data", {})
+        for cell in nb.cells
+        if cell.cell_type == "code" and not hidden & set(cell.metadata.get("tags", []))
+        for output in cell.outputs
+    )
+
+
+# ---------------------------------------------------------------- configuration (fast)
+
+def test_config_builds_offline_with_vendored_mathjax_and_colab_buttons():
+    config = load_config()
+    sphinx = config["sphinx"]["config"]
+    assert sphinx["html_static_path"] == ["_mathjax"]
+    assert sphinx["mathjax_path"] == "mathjax/tex-mml-chtml.js"
+    assert config["launch_buttons"]["colab_url"] == "https://colab.research.google.com"
+    assert config["launch_buttons"]["thebe"] is False, "thebe loads from a CDN"
+    assert re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", config["repository"]["url"])
+    assert config["execute"]["execute_notebooks"] == "force"
+    assert config["only_build_toc_files"] is True
+
+
+def test_toc_root_is_the_landing_page_and_every_entry_exists():
+    files = toc_files()
+    assert files[0] == "intro"
+    missing = [f for f in files if not any((ROOT / f).with_suffix(s).is_file() for s in (".md", ".ipynb"))]
+    assert not missing, f"_toc.yml lists files that do not exist: {missing}"
+    assert len(files) == len(set(files)), "_toc.yml lists a file twice"
+
+
+def test_landing_page_syllabus_links_every_notebook_in_order():
+    intro = (ROOT / "intro.md").read_text()
+    linked = re.findall(r"\]\((notebooks/\d\d_\w+\.ipynb)\)", intro)
+    expected = [nb.relative_to(ROOT).as_posix() for nb in course_notebooks()]
+    assert linked == expected
+
+
+# ---------------------------------------------------------------- the build (slow)
+
+@pytest.mark.slow
+def test_book_builds_clean_offline(book):
+    assert book.returncode == 0, f"jupyter-book build failed:\n{book.log[-6000:]}"
+    warnings = [line for line in book.log.splitlines() if "WARNING" in line or "ERROR" in line]
+    assert not warnings, "\n".join(warnings)
+    for notebook in course_notebooks():
+        page = book.html / "notebooks" / f"{notebook.stem}.html"
+        assert page.is_file(), f"no page for {notebook.name}"
+    assert (book.html / "_static" / "mathjax" / "tex-mml-chtml.js").is_file()
+    # Offline: every script and stylesheet of every page is served from the site itself.
+    for page in [book.html / "index.html", *sorted((book.html / "notebooks").glob("*.html"))]:
+        elements = Elements(page.read_text())
+        remote = [a["src"] for a in elements.tags("script") if a.get("src", "").startswith(("http:", "https:", "//"))]
+        remote += [a["href"] for a in elements.tags("link")
+                   if "stylesheet" in a.get("rel", "") and a["href"].startswith(("http:", "https:", "//"))]
+        assert not remote, f"{page.name} loads from the network: {remote}"
+
+
+@pytest.fixture(scope="module")
+def page_dom(book) -> tuple[Path, str, float]:
+    """Notebook 01's page as headless Chromium renders it (after MathJax has run)."""
+    assert book.returncode == 0, f"jupyter-book build failed:\n{book.log[-6000:]}"
+    page = book.html / f"{PAGE}.html"
+    start = time.perf_counter()
+    dom = run_browser(["--virtual-time-budget=10000", "--dump-dom", page.as_uri()]).stdout
+    seconds = time.perf_counter() - start
+    print(f"\nchromium --dump-dom: {seconds:.1f} s")
+    return page, dom, seconds
+
+
+@pytest.mark.slow
+def test_notebook01_page_typesets_maths(page_dom):
+    page, dom, _ = page_dom
+    static = page.read_text()
+    formulas = len(re.findall(r'class="math notranslate nohighlight"', static))
+    assert formulas > 0, "notebook 01's page holds no maths to typeset"
+    typeset = len(re.findall(r"<mjx-container\b", dom))
+    assert typeset >= formulas, f"MathJax typeset {typeset} of {formulas} formulas"
+    assert "<mjx-merror" not in dom, "MathJax reported a TeX error on the page"
+
+
+@pytest.mark.slow
+def test_notebook01_page_shows_its_figures(page_dom):
+    page, dom, _ = page_dom
+    figures = []
+    for attrs in Elements(dom).tags("img"):
+        src = attrs.get("src", "")
+        if src.startswith("data:image/png;base64,"):
+            data = base64.b64decode(src.split(",", 1)[1])
+        elif "_images/" in src:
+            path = (page.parent / unquote(urlsplit(src).path)).resolve() if not src.startswith("file:") \
+                else Path(unquote(urlsplit(src).path))
+            assert path.is_file(), f"the page shows a missing image: {src}"
+            data = path.read_bytes()
+        else:
+            continue
+        assert data.startswith(PNG_SIGNATURE), f"not a PNG: {src[:80]}"
+        figures.append(src)
+    expected = png_outputs(ROOT / f"{PAGE}.ipynb")
+    assert expected > 0, "notebook 01 stores no figure"
+    assert len(figures) == expected, f"{len(figures)} PNG figures on the page, {expected} in the notebook"
+
+
+@pytest.mark.slow
+def test_notebook01_page_has_a_colab_button_for_this_repository(page_dom):
+    _, dom, _ = page_dom
+    expected = colab_url(load_config(), PAGE)
+    hrefs = [attrs.get("href", "") for attrs in Elements(dom).tags("a")]
+    assert expected in hrefs, f"no link to {expected}; Colab links: {[h for h in hrefs if 'colab' in h]}"
+
+
+@pytest.mark.slow
+def test_notebook01_page_screenshot(book):
+    """Keeps artifacts/book_01_probability.png, and checks it is a full-size PNG."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "book_01_probability.png"
+    shot.unlink(missing_ok=True)
+    page = book.html / f"{PAGE}.html"
+    run_browser(["--virtual-time-budget=10000", f"--screenshot={shot}", page.as_uri()])
+    data = shot.read_bytes()
+    assert data.startswith(PNG_SIGNATURE)
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert (width, height) == (1280, 900)
