@@ -122,12 +122,15 @@ class CNN(nnx.Module):
         convs = []
         for c_out in channels:
             c_out = _check_positive_int("channels[i]", c_out)
-            height = conv_output_size(height, kernel_size, 1, self.padding)
-            width = conv_output_size(width, kernel_size, 1, self.padding)
+            try:
+                height = conv_output_size(height, kernel_size, 1, self.padding)
+                width = conv_output_size(width, kernel_size, 1, self.padding)
+            except ValueError:
+                height = width = 0
             if height < 2 or width < 2:
                 raise ValueError(
                     f"in_shape {tuple(in_shape)} is too small for {len(channels)} conv blocks: "
-                    "a 2x2 max-pool needs at least 2x2 inputs")
+                    "every conv output must be at least 2x2 for the 2x2 max-pool")
             height, width = conv_output_size(height, 2, 2), conv_output_size(width, 2, 2)
             pad = ((self.padding, self.padding),) * 2
             convs.append(nnx.Conv(chans, c_out, (kernel_size, kernel_size), padding=pad, rngs=rngs))
