@@ -1,0 +1,196 @@
+"""The mechanical rules of notebooks/README.md, checked on every notebooks/NN_*.ipynb.
+
+nbval re-runs the notebooks and compares their outputs; this file checks what it cannot:
+the order and the shape of every notebook, and that its stored outputs are clean.
+"""
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from conftest import ROOT, course_notebooks
+
+NOTEBOOKS = course_notebooks()
+HEADER = re.compile(r"^# (?P<number>\d\d) · \S.*$")
+BADGE = re.compile(r"^\[!\[Open In Colab\]\(https://colab\.research\.google\.com/assets/colab-badge\.svg\)\]"
+                   r"\(https://colab\.research\.google\.com/github/\S+/blob/\S+/notebooks/(?P<file>\S+\.ipynb)\)$",
+                   re.MULTILINE)
+IGNORE_MARK = "NBVAL_IGNORE_OUTPUT"
+TIMING = re.compile(r"\btime\b|perf_counter|timeit")
+PLAIN_TQDM = re.compile(r"^\s*from\s+tqdm\s+import\s+(.*,\s*)?tqdm\b|\btqdm\.tqdm\b|^\s*import\s+tqdm\s*$",
+                        re.MULTILINE)
+PLOT_REPR = re.compile(r"^\[?<matplotlib\.|^\[?Text\(|^\[?<Axes|^<Figure size|^\(array\(")
+WARNING = re.compile(r"\b\w+Warning: ")
+SECTIONS = ("learning objectives", "exercises", "key takeaways")  # headings, in this order
+
+
+def load(path: Path):
+    return nbformat.read(path, as_version=4)
+
+
+def tags(cell) -> set[str]:
+    return set(cell.get("metadata", {}).get("tags", []))
+
+
+def code_cells(nb) -> list:
+    return [cell for cell in nb.cells if cell.cell_type == "code"]
+
+
+def output_texts(cell):
+    """Every text a reader (or nbval) sees in a code cell's stored outputs."""
+    for output in cell.get("outputs", []):
+        if output.output_type == "stream":
+            yield output.text
+        elif output.output_type == "error":
+            yield "\n".join(output.traceback)
+        else:
+            for mime, value in output.get("data", {}).items():
+                if mime.startswith("text/"):
+                    yield value if isinstance(value, str) else "".join(value)
+
+
+def headings(nb) -> list[str]:
+    return [line.lstrip("#").strip().lower()
+            for cell in nb.cells if cell.cell_type == "markdown"
+            for line in cell.source.splitlines() if re.match(r"^#{1,6} ", line)]
+
+
+def runtime_cell_index(nb) -> int:
+    return next(i for i, cell in enumerate(nb.cells) if i > 1 and cell.cell_type == "code")
+
+
+@pytest.fixture(scope="module")
+def sync_tool():
+    spec = importlib.util.spec_from_file_location("sync_notebooks", ROOT / "tools" / "sync_notebooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+per_notebook = pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+
+
+def test_toc_lists_every_notebook_in_number_order():
+    assert NOTEBOOKS, "no notebooks/NN_*.ipynb"
+    numbers = [p.name[:2] for p in NOTEBOOKS]
+    assert len(set(numbers)) == len(numbers), f"two notebooks share a number: {numbers}"
+    assert numbers == [f"{i:02d}" for i in range(1, len(numbers) + 1)], f"numbers have gaps: {numbers}"
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    chapters = [c["file"] for part in toc.get("parts", []) for c in part["chapters"]] + \
+        [c["file"] for c in toc.get("chapters", [])]
+    listed = [f for f in chapters if re.fullmatch(r"notebooks/\d\d_\w+", f)]
+    assert listed == [p.relative_to(ROOT).with_suffix("").as_posix() for p in NOTEBOOKS]
+
+
+@per_notebook
+def test_badge_and_setup_cell_are_in_sync_with_config(path, sync_tool, capsys):
+    assert sync_tool.main(["--check", str(path)]) == 0, capsys.readouterr().out + " (run `make sync`)"
+
+
+@per_notebook
+def test_header_badge_and_setup_cell(path):
+    nb = load(path)
+    nbformat.validate(nb)
+    assert nb.metadata.kernelspec.name == "python3"
+    header = nb.cells[0]
+    assert header.cell_type == "markdown"
+    title = header.source.splitlines()[0]
+    match = HEADER.match(title)
+    assert match, f"first line {title!r} is not '# NN · Title'"
+    assert match["number"] == path.name[:2], "the title's number is not the file's"
+    badge = BADGE.search(header.source)
+    assert badge and badge["file"] == path.name, "no Colab badge for this notebook in the first cell"
+    overview = header.source[badge.end():].strip()
+    assert len(overview.split()) >= 10, "the first cell needs an overview paragraph after the badge"
+    setup = nb.cells[1]
+    assert setup.cell_type == "code" and "course-setup" in tags(setup)
+
+
+@per_notebook
+def test_sections_in_order(path):
+    nb = load(path)
+    found = headings(nb)
+    positions = []
+    for name in SECTIONS:
+        hits = [i for i, heading in enumerate(found) if heading.startswith(name)]
+        assert hits, f"no '{name.capitalize()}' heading; headings: {found}"
+        positions.append(hits[0])
+    assert positions == sorted(positions), f"sections out of order: {SECTIONS}"
+    text = "\n".join(cell.source for cell in nb.cells if cell.cell_type == "markdown").lower()
+    for item in ("prerequisites", "estimated time"):
+        assert item in text, f"the introduction does not state the {item}"
+
+
+@per_notebook
+def test_runtime_cell_picks_every_size_once(path):
+    nb = load(path)
+    i = runtime_cell_index(nb)
+    source = nb.cells[i].source
+    assert source.startswith(f"# {IGNORE_MARK}"), "the runtime cell starts with # NBVAL_IGNORE_OUTPUT"
+    assert "runtime.setup()" in source and re.search(r"\bCFG = rt\.pick\(", source), \
+        "the first code cell after the setup cell holds rt = runtime.setup() and CFG = rt.pick(...)"
+    others = [j for j, cell in enumerate(nb.cells)
+              if cell.cell_type == "code" and j != i and ("rt.pick(" in cell.source or "runtime.setup(" in cell.source)]
+    assert not others, f"cells {others} pick sizes or set up the runtime again"
+
+
+@per_notebook
+def test_only_timing_cells_ignore_their_output(path):
+    nb = load(path)
+    runtime = runtime_cell_index(nb)
+    for j, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        ignored = IGNORE_MARK in cell.source or "nbval-ignore-output" in tags(cell)
+        if ignored and j != runtime:
+            assert TIMING.search(cell.source), f"cell {j} ignores its output but times nothing"
+        assert "NBVAL_SKIP" not in cell.source and "nbval-skip" not in tags(cell), f"cell {j} is skipped by nbval"
+
+
+@per_notebook
+def test_every_code_cell_executed_in_order(path):
+    counts = [cell.execution_count for cell in code_cells(load(path))]
+    assert counts == list(range(1, len(counts) + 1)), \
+        f"execution counts {counts}: run `make outputs NB={path.relative_to(ROOT)}`"
+
+
+@per_notebook
+def test_stored_outputs_are_clean(path):
+    nb = load(path)
+    for j, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        kinds = [output.output_type for output in cell.outputs]
+        assert "error" not in kinds, f"cell {j} stored an error"
+        for output in cell.outputs:
+            assert "image/svg+xml" not in output.get("data", {}), f"cell {j} stored an SVG (nbval compares it)"
+            if output.output_type == "execute_result":  # the value of the cell's last line
+                value = output.data.get("text/plain", "")
+                assert not PLOT_REPR.search(value), f"cell {j} ends on a plot call: {value[:200]!r}"
+        for text in output_texts(cell):
+            assert "at 0x" not in text, f"cell {j} prints a memory address: {text[:200]!r}"
+            assert "/tmp/ipykernel_" not in text, f"cell {j} prints a kernel path (a warning?): {text[:200]!r}"
+            assert not WARNING.search(text), f"cell {j} stored a warning: {text[:200]!r}"
+
+
+@per_notebook
+def test_no_plain_tqdm(path):
+    for j, cell in enumerate(code_cells(load(path))):
+        assert not PLAIN_TQDM.search(cell.source), f"code cell {j}: use `from tqdm.auto import tqdm`"
+
+
+@per_notebook
+def test_exercises_have_hidden_solutions_checked_by_asserts(path):
+    nb = load(path)
+    solutions = [j for j, cell in enumerate(nb.cells)
+                 if cell.cell_type == "code" and cell.source.startswith("# Solution")]
+    assert solutions, "no exercise solution cell ('# Solution')"
+    for j in solutions:
+        assert "hide-input" in tags(nb.cells[j]), f"solution cell {j} is not tagged hide-input"
+        following = [cell for cell in nb.cells[j + 1:] if cell.cell_type == "code"][:1]
+        assert following and "assert" in following[0].source, f"no assert cell checks solution cell {j}"
