@@ -511,7 +511,10 @@ def viterbi_parallel(initial, transition, log_lik, length=None) -> ViterbiPath:
     first = jnp.broadcast_to(jnp.log(initial) + log_lik[0], (k, k))
     fwd_elems = mats.at[0].set(first)
     fwd = lax.associative_scan(_maxplus_combine, fwd_elems)[:, 0, :]      # (T, K) up to shifts
-    bwd = lax.associative_scan(_maxplus_combine, mats[1:], reverse=True)  # suffixes from t+1
+    # reverse=True scans the flipped sequence, so it combines as fn(later, earlier): swap the
+    # arguments to keep the (non-commutative) product in time order M_{t+1} ⊗ ... ⊗ M_{T-1}.
+    bwd = lax.associative_scan(lambda later, earlier: _maxplus_combine(earlier, later),
+                               mats[1:], reverse=True)                  # suffixes from t+1
     future = jnp.concatenate([jnp.max(bwd, axis=2), jnp.zeros((1, k), log_lik.dtype)])
     path = jnp.argmax(fwd + future, axis=1).astype(jnp.int32)
     # Score of the decoded path, evaluated directly (exact, no shifts involved).
