@@ -140,3 +140,25 @@ def test_drift_is_detected(monkeypatch, change, expected):
     monkeypatch.setattr(sys.modules[__name__], "environment", lambda: env)
     with pytest.raises(AssertionError, match=expected):
         test_environment_yml_lists_pyproject_packages_with_the_same_ranges()
+
+
+def _workflow(name: str) -> dict:
+    return yaml.safe_load((ROOT / ".github" / "workflows" / name).read_text())
+
+
+def _steps(workflow: dict) -> list[dict]:
+    return [step for job in workflow["jobs"].values() for step in job.get("steps", [])]
+
+
+def test_github_ci_runs_the_same_test_command_as_ci_run():
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    runs = [step.get("run", "").strip() for step in _steps(_workflow("ci.yml"))]
+    assert "make test" in runs
+
+
+def test_github_pages_publishes_the_book_built_by_make_book():
+    steps = _steps(_workflow("pages.yml"))
+    assert "make book" in [step.get("run", "").strip() for step in steps]
+    uploads = [step for step in steps if step.get("uses", "").startswith("actions/upload-pages-artifact@")]
+    assert uploads and uploads[0]["with"]["path"] == "_build/html"
+    assert any(step.get("uses", "").startswith("actions/deploy-pages@") for step in steps)
