@@ -44,7 +44,7 @@ LossFn = Callable[[nnx.Module, tuple, Array], tuple[Array, dict[str, Array]]]
 __all__ = [
     "fit", "FitResult", "batch_at", "TrainingDiverged", "CheckpointError", "cross_entropy",
     "accuracy", "save_model", "load_model", "make_train_step", "make_eval_step",
-    "latest_checkpoint_step",
+    "latest_checkpoint_step", "fit_keys",
 ]
 
 
@@ -149,6 +149,15 @@ def batch_at(arrays: tuple, batch_size: int, step: int, *, key) -> tuple:
     return tuple(a[idx] for a in arrays)
 
 
+def fit_keys(key) -> tuple[Array, Array, Array]:
+    """The three keys :func:`fit` derives from its ``key``: ``(data_key, step_key,
+    eval_key)`` = ``jax.random.split(key, 3)``. Batches are ``batch_at(..., key=data_key)``;
+    step ``t`` passes ``fold_in(step_key, t)`` to ``loss_fn``; evaluation chunk ``i`` gets
+    ``fold_in(eval_key, i)``. Separate keys keep batch order and dropout independent."""
+    data_key, step_key, eval_key = jax.random.split(_as_key(key), 3)
+    return data_key, step_key, eval_key
+
+
 # ------------------------------------------------------------------------------- steps
 def _all_finite(tree) -> Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
@@ -161,9 +170,9 @@ def make_train_step(loss_fn: LossFn):
 
     ``step(model, optimizer, arrays, idx, step_key, step, healthy) -> (loss, metrics, finite,
     healthy)``: gathers the batch ``arrays[idx]``, computes the loss and its gradient, and
-    applies the optimizer update in place, but only if the loss and every gradient are
-    finite and no earlier step failed (``healthy``), so a diverged run keeps the parameters
-    from before its first bad step. The step's key is ``fold_in(step_key, step)``.
+    applies the optimizer update in place, but only if the loss, every gradient and every
+    updated parameter are finite and no earlier step failed (``healthy``), so a diverged
+    run keeps the parameters from before its first bad step. The step's key is ``fold_in(step_key, step)``.
     """
 
     @nnx.jit
@@ -175,11 +184,12 @@ def make_train_step(loss_fn: LossFn):
             return loss_fn(m, batch, key)
 
         (loss, metrics), grads = nnx.value_and_grad(objective, has_aux=True)(model)
-        finite = jnp.isfinite(loss) & _all_finite(grads)
-        ok = healthy & finite
-        before = nnx.state((model, optimizer))
+        # a snapshot of the values (nnx.state returns references to the live variables)
+        before = jax.tree.map(lambda x: x, nnx.state((model, optimizer)))
         optimizer.update(model, grads)
         after = nnx.state((model, optimizer))
+        finite = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(after)
+        ok = healthy & finite
         nnx.update((model, optimizer),
                    jax.tree.map(lambda new, old: jnp.where(ok, new, old), after, before))
         return loss, metrics, finite, ok
@@ -382,9 +392,9 @@ def _check_int(name: str, value, low: int) -> int:
 
 
 def _diverged_message(step: int, loss: float) -> str:
-    return (f"training diverged at step {step} (counting from 0): the loss or a gradient "
-            f"is NaN or infinite (loss = {loss:.4g}). The model keeps its parameters from "
-            "before that step. Try: a lower learning rate, gradient clipping "
+    return (f"training diverged at step {step} (counting from 0): the loss, a gradient or an "
+            f"updated parameter is NaN or infinite (loss = {loss:.4g}). The model keeps its "
+            "parameters from before that step. Try: a lower learning rate, gradient clipping "
             "(optax.clip_by_global_norm(1.0) first in the optax chain), or check the inputs "
             "and the loss for NaN/Inf (e.g. log(0) or division by zero).")
 
@@ -449,7 +459,7 @@ def fit(model: nnx.Module, optimizer_tx: optax.GradientTransformation, loss_fn: 
     if not callable(loss_fn):
         raise ValueError("loss_fn must be callable as loss_fn(model, batch, key)")
 
-    data_key, step_key, eval_key = jax.random.split(key, 3)
+    data_key, step_key, eval_key = fit_keys(key)
     optimizer = nnx.Optimizer(model, optimizer_tx, wrt=nnx.Param)
     train_step, eval_step = make_train_step(loss_fn), make_eval_step(loss_fn)
 
