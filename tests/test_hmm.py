@@ -126,7 +126,7 @@ def test_parallel_kernels_match_brute_force(seed):
 
 def test_parallel_kernels_match_sequential_on_long_sequences():
     params = random_gaussian(5, k=4, d=1)
-    x = observations(params, 3000, 5)
+    x = observations(params, 1000, 5)
     seq, par = hmm.forward(params, x), hmm.forward(params, x, parallel=True)
     np.testing.assert_allclose(par.log_likelihood, seq.log_likelihood, rtol=1e-10)
     np.testing.assert_allclose(par.filtered, seq.filtered, atol=1e-8)
@@ -258,7 +258,7 @@ def test_gradient_wrt_parameters_matches_finite_differences():
 
 def test_padded_batch_equals_each_sequence_alone():
     params = random_categorical(13)
-    lengths = [5, 9, 1, 12]
+    lengths = [1, 12]
     seqs = [np.asarray(observations(params, n, 100 + n)) for n in lengths]
     batch = np.zeros((len(seqs), 12), np.int32)
     for i, s in enumerate(seqs):
@@ -311,21 +311,25 @@ def test_changing_lengths_does_not_recompile():
 # --------------------------------------------------------------------------- Baum-Welch
 
 
-@settings(max_examples=12, deadline=None)
-@given(seed=st.integers(0, 10_000), k=st.integers(2, 4), m=st.integers(2, 5),
-       gaussian=st.booleans())
-def test_baum_welch_never_lowers_the_likelihood(seed, k, m, gaussian):
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000), gaussian=st.booleans(),
+       lengths=st.lists(st.integers(1, 40), min_size=3, max_size=3))
+def test_baum_welch_never_lowers_the_likelihood(seed, gaussian, lengths):
+    # Shapes are fixed (K, M, N, T_max) so that examples share one compilation; the
+    # parameters, the data and the true lengths vary.
+    k, m = 3, 4
     with jax.enable_x64(True):
         truth = random_gaussian(seed, k=k, d=1) if gaussian else random_categorical(seed, k=k, m=m)
         start = random_gaussian(seed + 1, k=k, d=1) if gaussian else random_categorical(seed + 1, k=k, m=m)
         t_max = 40
         data = np.stack([np.asarray(observations(truth, t_max, seed + i)) for i in range(3)])
-        lengths = np.array([t_max, 25, 9])
+        lengths = np.array(lengths)
         result = hmm.baum_welch(start, data, lengths, num_iters=15)
         lls = result.log_likelihoods
-        assert np.all(np.diff(lls) >= -1e-8 * np.abs(lls[:-1])), lls
+        slack = 1e-8 * np.maximum(1.0, np.abs(lls))          # rounding only
+        assert np.all(np.diff(lls) >= -slack[:-1]), lls
         final = float(jnp.sum(hmm.log_likelihood(result.params, data, lengths)))
-        assert final >= lls[-1] - 1e-8 * abs(lls[-1])
+        assert final >= lls[-1] - slack[-1]
         hmm.validate(result.params)   # still valid distributions
 
 
