@@ -246,10 +246,10 @@ def _masked(log_lik: jax.Array, length) -> jax.Array:
 
 
 def _scaled_emissions(params: HMM, obs, lengths, batched: bool):
-    """Emissions for :func:`_scaled_forward`: (xs, lookup, shift), with
-    lookup(xs[t]) = b_t[k] = p(x_t | z_t = k) / max_k p(x_t | z_t = k) and shift_t the
-    log of that max (T[, N]). Batches are laid out time-major with sequences last
-    (b_t is (K, N)). Padded steps get b = 1, shift = 0.
+    """Emissions for :func:`_scaled_forward`: (xs, lookup) with lookup(xs[t]) = (b_t, s_t),
+    b_t[k] = p(x_t | z_t = k) / max_k p(x_t | z_t = k) and s_t the log of that max.
+    Batches are laid out time-major with sequences last (b_t is (K, N)). Padded steps get
+    b = 1, s = 0.
 
     Categorical: b_t is a column gather B̃[:, x_t] from the column-rescaled B̃, done inside
     the loop (no exp, no (T, K, N) array). Gaussian: b is precomputed with one exp.
@@ -259,18 +259,14 @@ def _scaled_emissions(params: HMM, obs, lengths, batched: bool):
     valid = (steps[:, None] < lengths[None]) if batched else (steps < lengths)   # (T[, N])
     if isinstance(params, CategoricalHMM):
         col_max = jnp.max(params.emission, axis=0)                       # (M,)
-        scaled = params.emission / col_max                               # (K, M)
-        symbols = obs.T if batched else obs                              # (T[, N])
-        shift = jnp.log(col_max)[symbols]
+        scaled, log_col_max = params.emission / col_max, jnp.log(col_max)
 
         def lookup(x_t):
             sym, ok = x_t
-            return jnp.where(ok, scaled[:, sym], 1.0)
-        return (symbols, valid), lookup, jnp.where(valid, shift, 0.0)
+            return jnp.where(ok, scaled[:, sym], 1.0), jnp.where(ok, log_col_max[sym], 0.0)
+        return ((obs.T if batched else obs), valid), lookup
     ll = _time_major_log_lik(params, obs) if batched else emission_log_likelihoods(params, obs)
-    shift = jnp.max(ll, axis=1)
-    b = jnp.where(jnp.expand_dims(valid, 1), jnp.exp(ll - jnp.expand_dims(shift, 1)), 1.0)
-    return b, _identity, jnp.where(valid, shift, 0.0)
+    return _scaled_likelihoods(jnp.where(jnp.expand_dims(valid, 1), ll, 0.0)), _identity
 
 
 # --------------------------------------------------------------------------- sequential kernels
@@ -289,37 +285,44 @@ def _identity(x):
 
 
 def _scaled_forward(initial, transition, xs, keep_filtered: bool, unroll: int, lookup=_identity):
-    """The scaled forward recursion; ``lookup(xs[t])`` gives b_t (K[, N]), p(x_t | z_t)
-    up to a per-step constant.
+    """The scaled forward recursion; ``lookup(xs[t])`` gives (b_t (K[, N]), s_t ([N])) with
+    p(x_t | z_t = k) = b_t[k] exp(s_t).
 
-    ``xs`` is either precomputed b (T, K[, N]) (``lookup`` the identity) or whatever
-    ``lookup`` turns into b_t, e.g. symbols (T[, N]): a categorical model then gathers
-    B[:, x_t] inside the loop instead of materialising a (T, K, N) array first, which
-    on a CPU costs more than the recursion itself.
-    Returns (filtered (T, K[, N]) or None, normalisers c (T[, N])). The loop body is one
-    small matrix product, a multiply, a sum and a divide: exp/log/max stay outside it.
+    ``xs`` is either precomputed (b (T, K[, N]), s (T[, N])) with ``lookup`` the identity,
+    or whatever ``lookup`` turns into them, e.g. symbols: a categorical model then gathers
+    B[:, x_t] inside the loop instead of materialising a (T, K, N) array first, which on a
+    CPU costs more than the recursion itself.
+
+    The loop body is one small matrix product, a multiply, a sum, a divide and one log;
+    log p = Σ_t (log c_t + s_t) is accumulated in the carry with Kahan (compensated)
+    summation, so float32 keeps ~7 digits even at T = 10^6.
     A trailing batch axis N makes the matvec a (K, K) x (K, N) matmul, the cheap way to
-    run many sequences.
+    run many sequences. Returns (log-likelihood (scalar or (N,)), filtered (T, K[, N]) or
+    None).
     """
-    b0 = lookup(jax.tree.map(lambda x: x[0], xs))
+    b0, s0 = lookup(jax.tree.map(lambda x: x[0], xs))
     first = jnp.expand_dims(initial, tuple(range(1, b0.ndim))) * b0
     c0 = jnp.sum(first, axis=0)
+    alpha0 = first / c0
 
-    def step(alpha, x_t):
-        b_t = lookup(x_t)
+    def step(carry, x_t):
+        alpha, total, comp = carry
+        b_t, s_t = lookup(x_t)
         if alpha.ndim == 1:   # Σ_i α(i) A[i, j] as one fused multiply-reduce (faster than a
             joint = jnp.sum(alpha[:, None] * transition, axis=0) * b_t   # tiny dot call)
         else:                 # (K, K) x (K, N): a real matmul
             joint = jnp.tensordot(transition, alpha, axes=(0, 0)) * b_t
         c = jnp.sum(joint, axis=0)
         alpha = joint / c
-        return alpha, ((alpha, c) if keep_filtered else c)
+        term = jnp.log(c) + s_t - comp            # Kahan: add the term, keep what was lost
+        new_total = total + term
+        comp = (new_total - total) - term
+        return (alpha, new_total, comp), (alpha if keep_filtered else None)
 
-    _, out = lax.scan(step, first / c0, jax.tree.map(lambda x: x[1:], xs), unroll=unroll)
-    if keep_filtered:
-        rest, cs = out
-        return jnp.concatenate([(first / c0)[None], rest]), jnp.concatenate([c0[None], cs])
-    return None, jnp.concatenate([c0[None], out])
+    init = (alpha0, jnp.log(c0) + s0, jnp.zeros_like(c0))
+    (_, total, _), rest = lax.scan(step, init, jax.tree.map(lambda x: x[1:], xs), unroll=unroll)
+    filtered = jnp.concatenate([alpha0[None], rest]) if keep_filtered else None
+    return total, filtered
 
 
 @partial(jax.jit, static_argnames=("unroll",))
@@ -328,11 +331,9 @@ def forward_log_likelihood(initial, transition, log_lik, unroll: int = 1):
 
     initial (K,), transition (K, K), log_lik (T, K) -> scalar, or log_lik (T, K, N)
     (N sequences along a trailing axis) -> (N,).
-    log p = Σ_t [log c_t + shift_t], summed after the loop.
     """
-    b, shift = _scaled_likelihoods(log_lik)
-    _, cs = _scaled_forward(initial, transition, b, False, unroll)
-    return jnp.sum(jnp.log(cs) + shift, axis=0)
+    total, _ = _scaled_forward(initial, transition, _scaled_likelihoods(log_lik), False, unroll)
+    return total
 
 
 @partial(jax.jit, static_argnames=("unroll",))
@@ -342,9 +343,8 @@ def forward_filter(initial, transition, log_lik, unroll: int = 1) -> Filtered:
     initial (K,), transition (K, K), log_lik (T, K) -> Filtered(scalar, (T, K)); a trailing
     batch axis (T, K, N) gives Filtered((N,), (T, K, N)).
     """
-    b, shift = _scaled_likelihoods(log_lik)
-    filtered, cs = _scaled_forward(initial, transition, b, True, unroll)
-    return Filtered(jnp.sum(jnp.log(cs) + shift, axis=0), filtered)
+    total, filtered = _scaled_forward(initial, transition, _scaled_likelihoods(log_lik), True, unroll)
+    return Filtered(total, filtered)
 
 
 @partial(jax.jit, static_argnames=("unroll",))
@@ -539,9 +539,12 @@ def _prepare(params: HMM, obs, lengths):
     lengths = _check_lengths(lengths, obs.shape[0] if batched else None, t_max)
     if isinstance(params, CategoricalHMM) and _is_concrete(obs) and _is_concrete(lengths):
         m = params.emission.shape[1]
-        x = np.asarray(obs).reshape(-1, t_max)
-        valid = np.arange(t_max)[None] < np.asarray(lengths).reshape(-1, 1)
-        lo, hi = int(x[valid].min()), int(x[valid].max())
+        x, n = np.asarray(obs).reshape(-1, t_max), np.asarray(lengths).reshape(-1, 1)
+        if np.all(n == t_max):   # no padding: a plain min/max (cheap, no mask)
+            lo, hi = int(x.min()), int(x.max())
+        else:
+            valid = np.arange(t_max)[None] < n
+            lo, hi = int(x[valid].min()), int(x[valid].max())
         if lo < 0 or hi >= m:
             raise ValueError(
                 f"observations must be symbols in [0, {m}) (emission has M={m} columns), "
@@ -562,9 +565,9 @@ def _time_major_log_lik(params: HMM, obs) -> jax.Array:
 
 @partial(jax.jit, static_argnames=("batched",))
 def _log_likelihood(params, obs, lengths, batched):
-    xs, lookup, shift = _scaled_emissions(params, obs, lengths, batched)
-    _, cs = _scaled_forward(params.initial, params.transition, xs, False, 1, lookup)
-    return jnp.sum(jnp.log(cs) + shift, axis=0)
+    xs, lookup = _scaled_emissions(params, obs, lengths, batched)
+    total, _ = _scaled_forward(params.initial, params.transition, xs, False, 1, lookup)
+    return total
 
 
 def log_likelihood(params: HMM, obs, lengths=None) -> jax.Array:

@@ -1,0 +1,128 @@
+"""HMM benchmark: course_lib.hmm against hmmlearn (and dynamax where it is installed).
+
+    python bench/bench_hmm.py            # full size (T up to 10^6): run under flock
+    python bench/bench_hmm.py --quick    # seconds
+
+Cases: the forward log-likelihood and Viterbi for a categorical HMM with M = 8 symbols,
+K in {4, 16}: one sequence of T in {10^3, 10^5, 10^6}, and a batch of 256 sequences of
+length 1000. The peer is hmmlearn's ``CategoricalHMM(implementation="scaling")``, its
+faster forward implementation (``score``; ``decode`` for Viterbi), in float64 (its only
+dtype). course_lib runs in float32, the course's default dtype; one row per kernel repeats
+T = 10^5 in float64 for an like-for-like comparison. Same inputs, same process.
+
+dynamax is benchmarked only if ``import dynamax`` works in the interpreter that runs this
+file; the course's venv does not install it (see the report in bench/README.md).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import Row, best_time, first_call_time, markdown_table  # noqa: E402
+from course_lib import hmm  # noqa: E402
+
+NUM_SYMBOLS = 8
+BATCH, BATCH_LEN = 256, 1000
+
+
+def _params(k: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return (rng.dirichlet(np.ones(k)), rng.dirichlet(np.ones(k) * 2, size=k),
+            rng.dirichlet(np.ones(NUM_SYMBOLS), size=k))
+
+
+def _peer(k: int, seed: int = 0):
+    from hmmlearn import hmm as hl
+
+    pi, a, b = _params(k, seed)
+    model = hl.CategoricalHMM(n_components=k, implementation="scaling")
+    model.startprob_, model.transmat_, model.emissionprob_ = pi, a, b
+    model.n_features = NUM_SYMBOLS
+    return model
+
+
+def _ours(k: int, dtype, seed: int = 0):
+    return hmm.CategoricalHMM(*(jnp.asarray(p, dtype) for p in _params(k, seed)))
+
+
+def _symbols(shape, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, NUM_SYMBOLS, size=shape).astype(np.int32)
+
+
+def _row(case, ours_fn, peer_fn, target, note, repeats):
+    compile_and_run = first_call_time(ours_fn)
+    ours = best_time(ours_fn, repeats)
+    peer = best_time(peer_fn, max(2, repeats // 2))
+    import hmmlearn
+
+    return Row("hmm", case, ours, peer, f"hmmlearn {hmmlearn.__version__} (scaling)",
+               compile_s=compile_and_run - ours, target=target, note=note)
+
+
+def _check_agreement(ours_ll, peer_ll, t_total):
+    """Benchmarks of wrong answers are worthless: the log-likelihoods must agree."""
+    rel = abs(float(ours_ll) - float(peer_ll)) / abs(float(peer_ll))
+    if rel > 1e-3:
+        raise AssertionError(f"course_lib and hmmlearn disagree (T={t_total}): rel {rel:.2e}")
+
+
+def single_sequence_rows(quick: bool) -> list[Row]:
+    rows = []
+    lengths = (1_000, 100_000) if quick else (1_000, 100_000, 1_000_000)
+    states = (4,) if quick else (4, 16)
+    for k in states:
+        peer = _peer(k)
+        for t_len in lengths:
+            x = _symbols(t_len)
+            x_dev, x_col = jnp.asarray(x), x[:, None]
+            repeats = 3 if t_len >= 1_000_000 else 7
+            target = 2.0 if t_len == 100_000 else None
+            dtypes = [jnp.float32] + ([jnp.float64] if t_len == 100_000 else [])
+            for dtype in dtypes:
+                with jax.enable_x64(dtype == jnp.float64):
+                    params = _ours(k, dtype)
+                    _check_agreement(hmm.log_likelihood(params, x_dev), peer.score(x_col), t_len)
+                    tag = "float32" if dtype == jnp.float32 else "float64"
+                    rows.append(_row(
+                        f"forward log-lik, 1 seq, T={t_len:.0e}, K={k}",
+                        lambda: hmm.log_likelihood(params, x_dev), lambda: peer.score(x_col),
+                        target, f"ours {tag}, lax.scan", repeats))
+                    rows.append(_row(
+                        f"Viterbi, 1 seq, T={t_len:.0e}, K={k}",
+                        lambda: hmm.viterbi(params, x_dev), lambda: peer.decode(x_col),
+                        target, f"ours {tag}, lax.scan, int8 backpointers", repeats))
+    return rows
+
+
+def batch_rows(quick: bool) -> list[Row]:
+    rows = []
+    for k in ((4,) if quick else (4, 16)):
+        peer = _peer(k)
+        x = _symbols((BATCH, BATCH_LEN))
+        x_dev, x_flat, lens = jnp.asarray(x), x.reshape(-1, 1), [BATCH_LEN] * BATCH
+        params = _ours(k, jnp.float32)
+        ll = hmm.log_likelihood(params, x_dev)
+        _check_agreement(jnp.sum(ll), peer.score(x_flat, lens), BATCH * BATCH_LEN)
+        case = f"{BATCH} seqs x T={BATCH_LEN}, K={k}"
+        rows.append(_row(f"forward log-lik, {case}", lambda: hmm.log_likelihood(params, x_dev),
+                         lambda: peer.score(x_flat, lens), 10.0,
+                         "ours float32; one scan, (K,K)x(K,N) matmul per step", 7))
+        rows.append(_row(f"Viterbi, {case}", lambda: hmm.viterbi(params, x_dev),
+                         lambda: peer.decode(x_flat, lens), 10.0,
+                         "ours float32; one scan over the batch", 7))
+    return rows
+
+
+def run(quick: bool) -> list[Row]:
+    """All HMM rows (``quick``: the small cases only, a few seconds)."""
+    return single_sequence_rows(quick) + batch_rows(quick)
+
+
+if __name__ == "__main__":
+    rows = run(quick="--quick" in sys.argv)
+    print(markdown_table(rows))
