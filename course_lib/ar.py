@@ -37,6 +37,7 @@ to agree with statsmodels to 1e-8.
 """
 from __future__ import annotations
 
+import statistics
 from functools import partial
 from typing import NamedTuple, Sequence
 
@@ -285,6 +286,14 @@ def levinson_durbin(acov: jax.Array, p: int) -> tuple[jax.Array, jax.Array, jax.
 _YW_METHODS = ("adjusted", "mle")
 
 
+@partial(jax.jit, static_argnames=("p", "adjusted"))
+def _yule_walker_kernel(y, p, adjusted):
+    gamma = _autocovariance_kernel(y, p, adjusted)
+    gamma = gamma.at[0].set(jnp.mean((y - jnp.mean(y)) ** 2))  # lag 0 always divides by T
+    coeffs, kappas, sigma2 = levinson_durbin(gamma, p)
+    return jnp.mean(y) * (1.0 - jnp.sum(coeffs)), coeffs, sigma2, kappas
+
+
 def fit_ar_yw(y, p: int, *, method: str = "adjusted") -> ARFit:
     """Yule-Walker AR(p) (statsmodels ``yule_walker(y, order=p, method=method)``).
 
@@ -297,10 +306,7 @@ def fit_ar_yw(y, p: int, *, method: str = "adjusted") -> ARFit:
     if method not in _YW_METHODS:
         raise ValueError(f"method must be one of {_YW_METHODS}, got {method!r}")
     y = _as_series(y, p, min_length=p + 1)
-    gamma = _autocovariance_kernel(y, p, method == "adjusted")
-    gamma = gamma.at[0].set(jnp.mean((y - jnp.mean(y)) ** 2))  # lag 0 always divides by T
-    coeffs, _, sigma2 = levinson_durbin(gamma, p)
-    intercept = jnp.mean(y) * (1.0 - jnp.sum(coeffs))
+    intercept, coeffs, sigma2, _ = _yule_walker_kernel(y, p, method == "adjusted")
     return ARFit(intercept, coeffs, sigma2, int(y.shape[0]))
 
 
@@ -316,9 +322,7 @@ def pacf(y, nlags: int, *, method: str = "adjusted") -> jax.Array:
     if method not in _YW_METHODS:
         raise ValueError(f"method must be one of {_YW_METHODS}, got {method!r}")
     y = _as_series(y, nlags, min_length=nlags + 1)
-    gamma = _autocovariance_kernel(y, nlags, method == "adjusted")
-    gamma = gamma.at[0].set(jnp.mean((y - jnp.mean(y)) ** 2))
-    _, kappas, _ = levinson_durbin(gamma, nlags)
+    kappas = _yule_walker_kernel(y, nlags, method == "adjusted")[3]
     return jnp.concatenate([jnp.ones(1, kappas.dtype), kappas])
 
 
@@ -413,11 +417,14 @@ def forecast(fit: ARFit, y, steps: int, *, alpha: float = 0.05) -> Forecast:
     if not 0.0 < float(alpha) < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
     p = fit.order
-    y = _as_series(y, p, min_length=p)
-    last = y[::-1][:p]
-    z = jax.scipy.stats.norm.ppf(1.0 - float(alpha) / 2.0).astype(y.dtype)
-    return _forecast_kernel(jnp.asarray(fit.intercept, y.dtype), jnp.asarray(fit.coeffs, y.dtype),
-                            jnp.asarray(fit.sigma2, y.dtype), last, steps, z)
+    series = np.asarray(y)
+    if series.ndim != 1 or series.shape[0] < p:
+        raise ValueError(f"y must be a 1-D series of at least p = {p} values, got shape {series.shape}")
+    last = _as_series(series[-p:][::-1], p, name="y (its last p values)")  # most recent first
+    z = statistics.NormalDist().inv_cdf(1.0 - float(alpha) / 2.0)
+    dtype = last.dtype
+    return _forecast_kernel(jnp.asarray(fit.intercept, dtype), jnp.asarray(fit.coeffs, dtype),
+                            jnp.asarray(fit.sigma2, dtype), last, steps, jnp.asarray(z, dtype))
 
 
 # =========================================================================== simulation
@@ -471,9 +478,18 @@ def sample_ar(key: jax.Array, coeffs, intercept, sigma, n: int, *, burn_in: int 
         raise ValueError(f"burn_in must be >= 0, got {burn_in!r}")
     if not float(sigma) >= 0:
         raise ValueError(f"sigma must be >= 0, got {sigma!r}")
-    dtype = jnp.result_type(float)
-    shocks = float(sigma) * jax.random.normal(key, (int(burn_in) + n,), dtype)
-    return simulate_ar(coeffs, intercept, shocks)[int(burn_in):]
+    coeffs = jnp.atleast_1d(jnp.asarray(coeffs, dtype=jnp.result_type(float)))
+    if coeffs.ndim != 1:
+        raise ValueError(f"coeffs must be 1-D (p,), got shape {coeffs.shape}")
+    return _sample_ar_kernel(key, coeffs, jnp.asarray(intercept, coeffs.dtype),
+                             jnp.asarray(sigma, coeffs.dtype), n, int(burn_in))
+
+
+@partial(jax.jit, static_argnames=("n", "burn_in"))
+def _sample_ar_kernel(key, coeffs, intercept, sigma, n, burn_in):
+    shocks = sigma * jax.random.normal(key, (burn_in + n,), coeffs.dtype)
+    init = jnp.zeros(coeffs.shape[0], coeffs.dtype)
+    return _simulate_kernel(coeffs, intercept, shocks, init)[burn_in:]
 
 
 # =========================================================================== order selection
