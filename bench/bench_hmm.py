@@ -86,7 +86,6 @@ def single_sequence_rows(quick: bool) -> list[Row]:
             for dtype in dtypes:
                 with jax.enable_x64(dtype == jnp.float64):
                     params = _ours(k, dtype)
-                    _check_agreement(hmm.log_likelihood(params, x_dev), peer.score(x_col), t_len)
                     tag = "float32" if dtype == jnp.float32 else "float64"
                     rows.append(_row(
                         f"forward log-lik, 1 seq, T={t_len:.0e}, K={k}",
@@ -96,6 +95,7 @@ def single_sequence_rows(quick: bool) -> list[Row]:
                         f"Viterbi, 1 seq, T={t_len:.0e}, K={k}",
                         lambda: hmm.viterbi(params, x_dev), lambda: peer.decode(x_col),
                         target, f"ours {tag}, lax.scan, int8 backpointers", repeats))
+                    _check_agreement(hmm.log_likelihood(params, x_dev), peer.score(x_col), t_len)
     return rows
 
 
@@ -106,8 +106,6 @@ def batch_rows(quick: bool) -> list[Row]:
         x = _symbols((BATCH, BATCH_LEN))
         x_dev, x_flat, lens = jnp.asarray(x), x.reshape(-1, 1), [BATCH_LEN] * BATCH
         params = _ours(k, jnp.float32)
-        ll = hmm.log_likelihood(params, x_dev)
-        _check_agreement(jnp.sum(ll), peer.score(x_flat, lens), BATCH * BATCH_LEN)
         case = f"{BATCH} seqs x T={BATCH_LEN}, K={k}"
         rows.append(_row(f"forward log-lik, {case}", lambda: hmm.log_likelihood(params, x_dev),
                          lambda: peer.score(x_flat, lens), 10.0,
@@ -115,12 +113,58 @@ def batch_rows(quick: bool) -> list[Row]:
         rows.append(_row(f"Viterbi, {case}", lambda: hmm.viterbi(params, x_dev),
                          lambda: peer.decode(x_flat, lens), 10.0,
                          "ours float32; one scan over the batch", 7))
+        ll = hmm.log_likelihood(params, x_dev)
+        _check_agreement(jnp.sum(ll), peer.score(x_flat, lens), BATCH * BATCH_LEN)
+    return rows
+
+
+def dynamax_rows(quick: bool) -> list[Row]:
+    """course_lib against dynamax's lax.scan kernels (float32, same inputs), if importable."""
+    try:
+        import dynamax
+        from dynamax.hidden_markov_model import inference as dyn
+    except ImportError:
+        return []
+    version = f"dynamax {getattr(dynamax, '__version__', '?')}"
+
+    def peer_fns(params):
+        @jax.jit
+        def loglik(x):
+            ll = jnp.log(params.emission).T[x]
+            return dyn.hmm_filter(params.initial, params.transition, ll).marginal_loglik
+
+        @jax.jit
+        def mode(x):
+            ll = jnp.log(params.emission).T[x]
+            return dyn.hmm_posterior_mode(params.initial, params.transition, ll)
+        return loglik, mode
+
+    rows = []
+    for k in ((4,) if quick else (4, 16)):
+        params = _ours(k, jnp.float32)
+        loglik, mode = peer_fns(params)
+        cases = [("1 seq, T=1e+05", jnp.asarray(_symbols(100_000)), loglik, mode),
+                 (f"{BATCH} seqs x T={BATCH_LEN}", jnp.asarray(_symbols((BATCH, BATCH_LEN))),
+                  jax.jit(jax.vmap(loglik)), jax.jit(jax.vmap(mode)))]
+        for label, x, peer_ll, peer_mode in cases:
+            _check_agreement(jnp.sum(hmm.log_likelihood(params, x)), jnp.sum(peer_ll(x)), x.size)
+            for what, ours_fn, peer_fn in [
+                    ("forward log-lik", lambda: hmm.log_likelihood(params, x), lambda: peer_ll(x)),
+                    ("Viterbi", lambda: hmm.viterbi(params, x), lambda: peer_mode(x))]:
+                compile_and_run = first_call_time(ours_fn)
+                ours = best_time(ours_fn, 7)
+                block_peer = best_time(peer_fn, 7)
+                rows.append(Row("hmm", f"{what}, {label}, K={k}", ours, block_peer, version,
+                                compile_s=compile_and_run - ours,
+                                note="both float32 JAX; dynamax via vmap for the batch"))
     return rows
 
 
 def run(quick: bool) -> list[Row]:
-    """All HMM rows (``quick``: the small cases only, a few seconds)."""
-    return single_sequence_rows(quick) + batch_rows(quick)
+    """All HMM rows (``quick``: the small cases only, a few seconds). dynamax rows appear
+    only when dynamax is importable (it is not in the course venv: run this file with a
+    throwaway venv's Python that has jax, hmmlearn and dynamax to get them)."""
+    return single_sequence_rows(quick) + batch_rows(quick) + dynamax_rows(quick)
 
 
 if __name__ == "__main__":

@@ -261,10 +261,14 @@ def _scaled_emissions(params: HMM, obs, lengths, batched: bool):
         col_max = jnp.max(params.emission, axis=0)                       # (M,)
         scaled, log_col_max = params.emission / col_max, jnp.log(col_max)
 
+        if not batched:   # one sequence: a contiguous row gather up front is cheapest
+            b = jnp.where(valid[:, None], scaled.T[obs], 1.0)
+            return (b, jnp.where(valid, log_col_max[obs], 0.0)), _identity
+
         def lookup(x_t):
             sym, ok = x_t
             return jnp.where(ok, scaled[:, sym], 1.0), jnp.where(ok, log_col_max[sym], 0.0)
-        return ((obs.T if batched else obs), valid), lookup
+        return (obs.T, valid), lookup
     ll = _time_major_log_lik(params, obs) if batched else emission_log_likelihoods(params, obs)
     return _scaled_likelihoods(jnp.where(jnp.expand_dims(valid, 1), ll, 0.0)), _identity
 
