@@ -26,7 +26,10 @@ PLAIN_TQDM = re.compile(r"^\s*from\s+tqdm\s+import\s+(.*,\s*)?tqdm\b|\btqdm\.tqd
                         re.MULTILINE)
 PLOT_REPR = re.compile(r"^\[?<matplotlib\.|^\[?Text\(|^\[?<Axes|^<Figure size|^\(array\(")
 WARNING = re.compile(r"\b\w+Warning: ")
-SECTIONS = ("learning objectives", "exercises", "key takeaways")  # headings, in this order
+# Section headings every notebook has, in this order (matched at the start of a heading;
+# "exercise" covers "Exercise" and "Exercises"). Headings, not bold labels: they make the
+# book's per-page contents and Colab's outline.
+SECTIONS = ("learning objectives", "exercise", "key takeaways")
 
 
 def load(path: Path):
@@ -118,7 +121,7 @@ def test_sections_in_order(path):
     positions = []
     for name in SECTIONS:
         hits = [i for i, heading in enumerate(found) if heading.startswith(name)]
-        assert hits, f"no '{name.capitalize()}' heading; headings: {found}"
+        assert hits, f"no '## {name.capitalize()}' markdown heading; headings: {found}"
         positions.append(hits[0])
     assert positions == sorted(positions), f"sections out of order: {SECTIONS}"
     text = "\n".join(cell.source for cell in nb.cells if cell.cell_type == "markdown").lower()
