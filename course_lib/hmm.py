@@ -297,9 +297,10 @@ def _scaled_forward(initial, transition, xs, keep_filtered: bool, unroll: int, l
     B[:, x_t] inside the loop instead of materialising a (T, K, N) array first, which on a
     CPU costs more than the recursion itself.
 
-    The loop body is one small matrix product, a multiply, a sum, a divide and one log;
-    log p = Σ_t (log c_t + s_t) is accumulated in the carry with Kahan (compensated)
-    summation, so float32 keeps ~7 digits even at T = 10^6.
+    The loop body is one small matrix product, a multiply, a sum, a divide and one log.
+    log p = Σ_t (log c_t + s_t): for one sequence the terms are emitted and summed after
+    the loop (XLA's tree reduction); for a batch they are accumulated in the carry with
+    Kahan (compensated) summation. Either way float32 keeps ~6-7 digits at T = 10^6.
     A trailing batch axis N makes the matvec a (K, K) x (K, N) matmul, the cheap way to
     run many sequences. Returns (log-likelihood (scalar or (N,)), filtered (T, K[, N]) or
     None).
@@ -309,22 +310,31 @@ def _scaled_forward(initial, transition, xs, keep_filtered: bool, unroll: int, l
     c0 = jnp.sum(first, axis=0)
     alpha0 = first / c0
 
+    single = b0.ndim == 1
+
     def step(carry, x_t):
         alpha, total, comp = carry
         b_t, s_t = lookup(x_t)
-        if alpha.ndim == 1:   # Σ_i α(i) A[i, j] as one fused multiply-reduce (faster than a
-            joint = jnp.sum(alpha[:, None] * transition, axis=0) * b_t   # tiny dot call)
-        else:                 # (K, K) x (K, N): a real matmul
+        if single:   # Σ_i α(i) A[i, j] as one fused multiply-reduce (faster than a tiny dot)
+            joint = jnp.sum(alpha[:, None] * transition, axis=0) * b_t
+        else:        # (K, K) x (K, N): a real matmul
             joint = jnp.tensordot(transition, alpha, axes=(0, 0)) * b_t
         c = jnp.sum(joint, axis=0)
         alpha = joint / c
-        term = jnp.log(c) + s_t - comp            # Kahan: add the term, keep what was lost
-        new_total = total + term
-        comp = (new_total - total) - term
-        return (alpha, new_total, comp), (alpha if keep_filtered else None)
+        if single:   # emit log c_t + s_t; summed after the loop (a scalar carry is slow on CPU)
+            out = jnp.log(c) + s_t
+        else:        # Kahan-compensated running sum in the carry (no (T, N) array)
+            term = jnp.log(c) + s_t - comp
+            new_total = total + term
+            comp = (new_total - total) - term
+            total, out = new_total, None
+        return (alpha, total, comp), ((alpha, out) if keep_filtered else out)
 
     init = (alpha0, jnp.log(c0) + s0, jnp.zeros_like(c0))
-    (_, total, _), rest = lax.scan(step, init, jax.tree.map(lambda x: x[1:], xs), unroll=unroll)
+    (_, total, _), outs = lax.scan(step, init, jax.tree.map(lambda x: x[1:], xs), unroll=unroll)
+    rest, terms = outs if keep_filtered else (None, outs)
+    if single:
+        total = total + jnp.sum(terms)
     filtered = jnp.concatenate([alpha0[None], rest]) if keep_filtered else None
     return total, filtered
 
