@@ -261,6 +261,73 @@ class LSTMCell(_Cell):
         return (new_c, new_h), new_h
 
 
+    def scan(self, carry: tuple[Array, Array], xw: Array):
+        """All time steps at once: ``xw (T, B, 4H)`` projected inputs -> ``(carry, hs (T, B, H))``.
+
+        Same numbers as ``lax.scan(self.step, carry, xw)``, with a hand-written backward
+        pass (:func:`_lstm_scan`) that stores the gate activations and computes the
+        recurrent weight gradient as one ``(H, T*B) @ (T*B, 4H)`` product after the loop,
+        instead of ``T`` small accumulations inside it.
+        """
+        c, h = carry
+        c, h, hs = _lstm_scan(self.kernel_h[...], xw, c, h)
+        return (c, h), hs
+
+
+def _lstm_forward(kernel_h, xw, c0, h0):
+    def one_step(carry, xw_t):
+        c, h = carry
+        zi, zf, zg, zo = jnp.split(xw_t + h @ kernel_h, 4, axis=-1)
+        i, f, g, o = jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jnp.tanh(zg), jax.nn.sigmoid(zo)
+        new_c = f * c + i * g
+        new_h = o * jnp.tanh(new_c)
+        return (new_c, new_h), (new_h, new_c, jnp.concatenate([i, f, g, o], axis=-1))
+
+    (c, h), (hs, cs, gates) = jax.lax.scan(one_step, (c0, h0), xw)
+    return c, h, hs, cs, gates
+
+
+@jax.custom_vjp
+def _lstm_scan(kernel_h, xw, c0, h0):
+    """LSTM over time from projected inputs ``xw (T, B, 4H)``: ``(c_T, h_T, hs (T, B, H))``."""
+    c, h, hs, _, _ = _lstm_forward(kernel_h, xw, c0, h0)
+    return c, h, hs
+
+
+def _lstm_scan_fwd(kernel_h, xw, c0, h0):
+    c, h, hs, cs, gates = _lstm_forward(kernel_h, xw, c0, h0)
+    return (c, h, hs), (kernel_h, hs, cs, gates, c0, h0)
+
+
+def _lstm_scan_bwd(residuals, cotangents):
+    kernel_h, hs, cs, gates, c0, h0 = residuals
+    dc_last, dh_last, dhs = cotangents
+    cs_prev = jnp.concatenate([c0[None], cs[:-1]])
+    hs_prev = jnp.concatenate([h0[None], hs[:-1]])
+
+    def one_step_back(carry, inputs):
+        dh_next, dc_next = carry
+        dh_out, c, c_prev, gate = inputs
+        i, f, g, o = jnp.split(gate, 4, axis=-1)
+        dh = dh_out + dh_next
+        tanh_c = jnp.tanh(c)
+        dc = dc_next + dh * o * (1 - tanh_c ** 2)
+        dz = jnp.concatenate([dc * g * i * (1 - i),          # input gate
+                              dc * c_prev * f * (1 - f),     # forget gate
+                              dc * i * (1 - g ** 2),         # candidate
+                              dh * tanh_c * o * (1 - o)],    # output gate
+                             axis=-1)
+        return (dz @ kernel_h.T, dc * f), dz
+
+    (dh0, dc0), dz = jax.lax.scan(one_step_back, (dh_last, dc_last),
+                                  (dhs, cs, cs_prev, gates), reverse=True)
+    d_kernel_h = jnp.einsum("tbh,tbg->hg", hs_prev, dz)
+    return d_kernel_h, dz, dc0, dh0
+
+
+_lstm_scan.defvjp(_lstm_scan_fwd, _lstm_scan_bwd)
+
+
 class GRUCell(_Cell):
     """Gated recurrent unit, gates in the order (reset, update, candidate)::
 
@@ -299,7 +366,10 @@ def run_cell(cell: _Cell, xs: Array, carry=None):
     if carry is None:
         carry = cell.initialize_carry(xs.shape[0])
     xw = cell.project_inputs(jnp.swapaxes(xs, 0, 1))          # (T, B, G*H), time-major
-    carry, hs = jax.lax.scan(cell.step, carry, xw)
+    if hasattr(cell, "scan"):
+        carry, hs = cell.scan(carry, xw)
+    else:
+        carry, hs = jax.lax.scan(cell.step, carry, xw)
     return carry, jnp.swapaxes(hs, 0, 1)
 
 

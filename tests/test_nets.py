@@ -84,6 +84,31 @@ def test_run_cell_gradients_check_numerically(cell_cls):
         check_grads(objective, (state, xs), order=1, modes=["rev"])
 
 
+def test_lstm_hand_written_backward_equals_autodiff_of_plain_scan():
+    """LSTMCell.scan has a custom VJP; its gradients must equal JAX's autodiff through
+    lax.scan over LSTMCell.step, for every input, weight and initial state."""
+    cell = nets.LSTMCell(3, 5, rngs=nnx.Rngs(0))
+    xw = jax.random.normal(jax.random.key(1), (6, 2, 20))
+    carry = _perturbed_carry(cell, 2, jax.random.key(2))
+    weights = jax.random.normal(jax.random.key(3), (6, 2, 5))
+
+    graphdef, state = nnx.split(cell)
+
+    def objective(state, xw, carry, use_custom):
+        live = nnx.merge(graphdef, state)
+        if use_custom:
+            (c, h), hs = live.scan(carry, xw)
+        else:
+            (c, h), hs = jax.lax.scan(live.step, carry, xw)
+        return jnp.sum(weights * hs) + jnp.sum(jnp.sin(c)) + jnp.sum(h ** 2)
+
+    args = (state, xw, carry)
+    ours = jax.grad(objective, argnums=(0, 1, 2))(*args, True)
+    ref = jax.grad(objective, argnums=(0, 1, 2))(*args, False)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_cnn_gradients_check_numerically():
     with jax.enable_x64(True):
         model = nets.CNN((6, 6, 1), channels=(2,), hidden=4, num_classes=3, rngs=nnx.Rngs(0))
