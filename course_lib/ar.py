@@ -84,7 +84,8 @@ def _as_series(y, p: int | None = None, *, min_length: int | None = None, name: 
 
 def _check_order(p, name: str = "p") -> int:
     if isinstance(p, bool) or not isinstance(p, (int, np.integer)) or p < 1:
-        raise ValueError(f"{name} (the AR order) must be an integer >= 1, got {p!r}")
+        what = " (the AR order)" if name == "p" else ""
+        raise ValueError(f"{name}{what} must be an integer >= 1, got {p!r}")
     return int(p)
 
 
@@ -825,10 +826,8 @@ def train_neural_bigram(key: jax.Array, inputs, targets, vocab_size: int, *, ste
     """
     v = int(vocab_size)
     inputs = _check_windows(np.stack([np.asarray(inputs), np.asarray(targets)], axis=1), v)
-    for name, val in (("steps", steps),):
-        if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {val!r}")
+    steps = _check_order(steps, "steps")
     if not float(learning_rate) > 0:
         raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
-    return _train_bigram_kernel(key, inputs[:, 0], inputs[:, 1], v, int(steps),
+    return _train_bigram_kernel(key, inputs[:, 0], inputs[:, 1], v, steps,
                                 float(learning_rate), float(init_scale))
