@@ -42,16 +42,27 @@ system:
 data: $(VENV)/.installed
 	$(PY) data/prepare.py
 
-## mathjax: vendor MathJax 3 from the npm registry (npm checks the package's integrity hash)
-## so that the site typesets maths offline: the combined component and the folders it loads
-mathjax: _mathjax/mathjax/tex-mml-chtml.js
+## mathjax: vendor the site's JavaScript from the npm registry (npm checks each package's
+## integrity hash) so that it works offline, into _mathjax/ (the site's extra static folder):
+## MathJax 3 (maths), and RequireJS + the ipywidgets HTML manager (stored widget outputs such
+## as tqdm.auto progress bars; the versions myst-nb would otherwise load from a CDN)
+WIDGETS_MANAGER := 1.0.6
+REQUIREJS       := 2.3.4
+mathjax: _mathjax/mathjax/tex-mml-chtml.js _mathjax/widgets/html-manager/embed-amd.js
 _mathjax/mathjax/tex-mml-chtml.js:
-	rm -rf .cache/npm _mathjax && mkdir -p .cache/npm _mathjax/mathjax
-	npm install --prefix .cache/npm --silent --no-audit --no-fund --ignore-scripts mathjax@$(MATHJAX) >/dev/null
-	cd .cache/npm/node_modules/mathjax/es5 && \
+	rm -rf .cache/npm-mathjax _mathjax/mathjax && mkdir -p .cache/npm-mathjax _mathjax/mathjax
+	npm install --prefix .cache/npm-mathjax --silent --no-audit --no-fund --ignore-scripts mathjax@$(MATHJAX) >/dev/null
+	@grep -q '"version": "$(MATHJAX)"' .cache/npm-mathjax/node_modules/mathjax/package.json || \
+	  { echo "mathjax: expected version $(MATHJAX)"; exit 1; }
+	cd .cache/npm-mathjax/node_modules/mathjax/es5 && \
 	  cp -r tex-mml-chtml.js input output a11y ui adaptors sre $(CURDIR)/_mathjax/mathjax/
-	@grep -q '"$(MATHJAX)"' .cache/npm/node_modules/mathjax/package.json || \
-	  { echo "mathjax: expected version $(MATHJAX)"; rm -rf _mathjax; exit 1; }
+_mathjax/widgets/html-manager/embed-amd.js:
+	rm -rf .cache/npm-widgets _mathjax/widgets && mkdir -p .cache/npm-widgets _mathjax/widgets/html-manager
+	npm install --prefix .cache/npm-widgets --silent --no-audit --no-fund --ignore-scripts \
+	  @jupyter-widgets/html-manager@$(WIDGETS_MANAGER) requirejs@$(REQUIREJS) >/dev/null
+	cp .cache/npm-widgets/node_modules/requirejs/require.js _mathjax/widgets/
+	cd .cache/npm-widgets/node_modules/@jupyter-widgets/html-manager/dist && \
+	  cp $$(ls | grep -v '\.map$$') $(CURDIR)/_mathjax/widgets/html-manager/
 
 ## course: execute every notebook at the default scale (small on a CPU, full on a GPU)
 ## while building the site; warnings are errors
@@ -81,7 +92,9 @@ test-fast: $(VENV)/.installed
 outputs: $(VENV)/.installed
 	$(PY) tools/sync_notebooks.py $(NB)
 	COURSE_SCALE=small $(PY) -m jupyter nbconvert --to notebook --execute --inplace \
-	  --ExecutePreprocessor.timeout=900 --ExecutePreprocessor.kernel_name=python3 $(NB)
+	  --ExecutePreprocessor.timeout=900 --ExecutePreprocessor.kernel_name=python3 \
+	  --ExecutePreprocessor.record_timing=False $(NB)
+	$(PY) tools/sync_notebooks.py $(NB)
 
 ## sync: write badges and setup cells from _config.yml
 sync: $(VENV)/.installed
