@@ -19,7 +19,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
-MATHJAX_JS = ROOT / "_mathjax" / "mathjax" / "tex-mml-chtml.js"
+VENDORED_JS = (ROOT / "_mathjax" / "mathjax" / "tex-mml-chtml.js",          # make mathjax
+               ROOT / "_mathjax" / "widgets" / "require.js",
+               ROOT / "_mathjax" / "widgets" / "html-manager" / "embed-amd.js")
 BIN = Path(sys.executable).parent  # the venv's scripts: jupyter-book, jupyter, ...
 
 # Chromium-like browsers, most preferred first. Debian names it `chromium`; GitHub's Ubuntu
@@ -59,8 +61,9 @@ def book(tmp_path_factory) -> BookBuild:
     warnings (``-n``), every page is rebuilt (``--all``), and the notebooks' stored outputs
     are rendered instead of executing them (``execute_notebooks: "off"``).
     """
-    if not MATHJAX_JS.is_file():
-        pytest.fail(f"{MATHJAX_JS.relative_to(ROOT)} is missing: run `make mathjax` first")
+    missing = [str(path.relative_to(ROOT)) for path in VENDORED_JS if not path.is_file()]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} missing: run `make mathjax` first")
     out = tmp_path_factory.mktemp("book")
     config = load_config()
     assert config["execute"]["execute_notebooks"] == "force", "make course must execute"

@@ -77,6 +77,7 @@ def test_config_builds_offline_with_vendored_mathjax_and_colab_buttons():
     sphinx = config["sphinx"]["config"]
     assert sphinx["html_static_path"] == ["_mathjax"]
     assert sphinx["mathjax_path"] == "mathjax/tex-mml-chtml.js"
+    assert not [url for url in sphinx["nb_ipywidgets_js"] if "//" in url], "widget JS from a CDN"
     assert config["launch_buttons"]["colab_url"] == "https://colab.research.google.com"
     assert config["launch_buttons"]["thebe"] is False, "thebe loads from a CDN"
     assert re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", config["repository"]["url"])
@@ -109,7 +110,8 @@ def test_book_builds_clean_offline(book):
     for notebook in course_notebooks():
         page = book.html / "notebooks" / f"{notebook.stem}.html"
         assert page.is_file(), f"no page for {notebook.name}"
-    assert (book.html / "_static" / "mathjax" / "tex-mml-chtml.js").is_file()
+    for vendored in ("mathjax/tex-mml-chtml.js", "widgets/require.js", "widgets/html-manager/embed-amd.js"):
+        assert (book.html / "_static" / vendored).is_file(), f"{vendored} is not in the site"
     # Offline: every script and stylesheet of every page is served from the site itself.
     for page in [book.html / "index.html", *sorted((book.html / "notebooks").glob("*.html"))]:
         elements = Elements(page.read_text())
