@@ -1,0 +1,234 @@
+"""Oracles for course_lib.gmm: scikit-learn's GaussianMixture from the same start, scipy
+densities, the exact k-means++ distribution, sampling moments, and EM's monotonicity."""
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from scipy import stats
+from scipy.special import logsumexp
+from sklearn.mixture import GaussianMixture
+
+from course_lib import gmm
+
+TYPES = gmm.COVARIANCE_TYPES
+
+
+@pytest.fixture
+def x64():
+    with jax.enable_x64(True):
+        yield
+
+
+def blobs(seed=0, n_per=100, d=3, k=3, spread=4.0):
+    """k elongated Gaussian blobs (random linear maps of N(0, I)), float64."""
+    rng = np.random.default_rng(seed)
+    parts = [rng.normal(size=(n_per, d)) @ rng.normal(size=(d, d)) + spread * rng.normal(size=d)
+             for _ in range(k)]
+    return np.concatenate(parts)
+
+
+def sklearn_from(init: gmm.GMMParams, covariance_type, **kw):
+    covs = np.asarray(init.covariances)
+    prec = np.linalg.inv(covs) if covariance_type == "full" else 1.0 / covs
+    return GaussianMixture(
+        len(init.weights), covariance_type=covariance_type, weights_init=np.asarray(init.weights),
+        means_init=np.asarray(init.means), precisions_init=prec, init_params="random_from_data", **kw,
+    )
+
+
+@pytest.mark.parametrize("covariance_type", TYPES)
+def test_em_matches_sklearn_from_the_same_start(x64, covariance_type):
+    x = blobs()
+    init = gmm.init_params(jax.random.key(1), jnp.asarray(x), 3, covariance_type)
+    res = gmm.em(jnp.asarray(x), init, max_iter=25, tol=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tol=0 never "converges"
+        sk = sklearn_from(init, covariance_type, max_iter=25, tol=0.0).fit(x)
+    assert res.log_likelihood.dtype == jnp.float64
+    assert int(res.n_iter) == 25 and not bool(res.converged)
+    np.testing.assert_allclose(float(res.log_likelihood), sk.score(x), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(res.history), sk.lower_bounds_, rtol=1e-5)
+    np.testing.assert_allclose(res.params.weights, sk.weights_, rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(res.params.means, sk.means_, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(res.params.covariances, sk.covariances_, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(float(gmm.bic(x, res.params)), sk.bic(x), rtol=1e-6)
+    np.testing.assert_allclose(float(gmm.aic(x, res.params)), sk.aic(x), rtol=1e-6)
+    np.testing.assert_allclose(gmm.log_density(x, res.params), sk.score_samples(x), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(gmm.responsibilities(x, res.params), sk.predict_proba(x), atol=1e-6)
+    np.testing.assert_array_equal(gmm.predict(x, res.params), sk.predict(x))
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "spherical"])
+def test_tolerance_stops_where_sklearn_stops(x64, covariance_type):
+    x = blobs(seed=3)
+    init = gmm.init_params(jax.random.key(0), jnp.asarray(x), 3, covariance_type)
+    res = gmm.em(jnp.asarray(x), init, max_iter=200, tol=1e-6)
+    sk = sklearn_from(init, covariance_type, max_iter=200, tol=1e-6).fit(x)
+    assert bool(res.converged) and sk.converged_
+    assert int(res.n_iter) == sk.n_iter_
+    assert np.all(np.isnan(np.asarray(res.history)[int(res.n_iter):]))
+    np.testing.assert_allclose(float(res.log_likelihood), sk.score(x), rtol=1e-5)
+
+
+def test_float32_agrees_with_float64_on_thin_components():
+    # Nearly singular covariances (condition number ~1e5): float32 must keep its digits.
+    x = blobs()
+    init32 = gmm.init_params(jax.random.key(1), jnp.asarray(x, jnp.float32), 3)
+    r32 = gmm.em(jnp.asarray(x, jnp.float32), init32, max_iter=15, tol=0.0)
+    with jax.enable_x64(True):
+        init64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), init32)
+        r64 = gmm.em(jnp.asarray(x), init64, max_iter=15, tol=0.0)
+        assert np.linalg.cond(np.asarray(r64.params.covariances)).max() > 1e4
+    assert r32.log_likelihood.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(r32.history), np.asarray(r64.history), rtol=2e-5)
+    np.testing.assert_allclose(r32.params.means, r64.params.means, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("covariance_type", TYPES)
+def test_component_log_prob_matches_scipy(covariance_type):
+    rng = np.random.default_rng(5)
+    k, d = 3, 2
+    a = rng.normal(size=(k, d, d))
+    full = a @ np.swapaxes(a, 1, 2) + 0.5 * np.eye(d)
+    covs = {"full": full, "diag": np.diagonal(full, axis1=1, axis2=2).copy(),
+            "spherical": full[:, 0, 0].copy()}[covariance_type]
+    params = gmm.GMMParams(np.array([0.2, 0.5, 0.3]), rng.normal(size=(k, d)), covs)
+    x = rng.normal(size=(40, d)) * 2
+    dense = {"full": lambda: full, "diag": lambda: [np.diag(c) for c in covs],
+             "spherical": lambda: [c * np.eye(d) for c in covs]}[covariance_type]()
+    expected = np.stack([np.log(w) + stats.multivariate_normal(m, c).logpdf(x)
+                         for w, m, c in zip(params.weights, params.means, dense)], axis=1)
+    p32 = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), params)
+    np.testing.assert_allclose(gmm.component_log_prob(jnp.asarray(x, jnp.float32), p32), expected,
+                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gmm.log_density(jnp.asarray(x, jnp.float32), p32),
+                               logsumexp(expected, axis=1), rtol=1e-4, atol=1e-4)
+
+
+def test_kmeans_plus_plus_draws_with_probability_proportional_to_squared_distance():
+    # Points 0, 1, 3, 7 on a line: after a first seed at point a, the second is point b with
+    # probability (b - a)² / Σ_c (c - a)². The first seed is uniform, so we can sum exactly.
+    x = jnp.array([[0.0], [1.0], [3.0], [7.0]])
+    keys = jax.random.split(jax.random.key(0), 20_000)
+    seeds = jax.vmap(lambda k: gmm._kmeans_plus_plus(k, x, n_components=2))(keys)[:, :, 0]
+    pts = np.array([0.0, 1.0, 3.0, 7.0])
+    exact = np.zeros((4, 4))
+    for i, a in enumerate(pts):
+        exact[i] = 0.25 * (pts - a) ** 2 / np.sum((pts - a) ** 2)
+    first = np.searchsorted(pts, np.asarray(seeds[:, 0]))
+    second = np.searchsorted(pts, np.asarray(seeds[:, 1]))
+    freq = np.zeros((4, 4))
+    np.add.at(freq, (first, second), 1.0 / len(keys))
+    assert np.all(freq[np.eye(4, dtype=bool)] == 0)  # a seed is never drawn twice
+    np.testing.assert_allclose(freq, exact, atol=0.012)  # ~4 standard errors
+
+
+def test_sampling_moments_and_labels():
+    params = gmm.GMMParams(jnp.array([0.2, 0.8]), jnp.array([[0.0, 0.0], [3.0, -1.0]]),
+                           jnp.array([[[1.0, 0.6], [0.6, 1.0]], [[0.5, 0.0], [0.0, 2.0]]]))
+    x, z = gmm.sample(jax.random.key(0), params, 200_000)
+    assert x.shape == (200_000, 2) and z.dtype == jnp.int32
+    assert abs(float(jnp.mean(z == 0)) - 0.2) < 0.005
+    for k in range(2):
+        xk = np.asarray(x[z == k])
+        np.testing.assert_allclose(xk.mean(0), params.means[k], atol=0.02)
+        np.testing.assert_allclose(np.cov(xk.T), params.covariances[k], atol=0.03)
+
+
+def test_fit_picks_the_best_restart_and_restarts_equal_single_runs():
+    x = jnp.asarray(blobs(seed=2, k=4, spread=3.0), jnp.float32)
+    res = gmm.fit(jax.random.key(7), x, 4, "full", n_restarts=5, max_iter=50, tol=1e-4)
+    lls = np.asarray(res.restarts.log_likelihood)
+    assert int(res.best_index) == int(np.argmax(lls))
+    assert float(res.best.log_likelihood) == lls.max()
+    for r in (0, 3):  # a vmapped restart is the same computation as em from its start
+        init = jax.tree.map(lambda a: a[r], res.init)
+        alone = gmm.em(x, init, max_iter=50, tol=1e-4)
+        np.testing.assert_allclose(float(alone.log_likelihood), lls[r], rtol=1e-5)
+        assert int(alone.n_iter) == int(res.restarts.n_iter[r])
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_collapsing_component_stays_finite(dtype):
+    with jax.enable_x64(dtype == jnp.float64):
+        rng = np.random.default_rng(0)
+        x = np.concatenate([rng.normal(size=(60, 2)), np.full((5, 2), 4.0)])  # 5 identical points
+        x = jnp.asarray(x, dtype)
+        init = gmm.GMMParams(
+            jnp.asarray([0.4, 0.3, 0.3], dtype),
+            jnp.asarray([[0.0, 0.0], [4.0, 4.0], [500.0, 500.0]], dtype),  # the last one is empty
+            jnp.asarray(np.stack([np.eye(2), 0.01 * np.eye(2), np.eye(2)]), dtype),
+        )
+        res = gmm.em(x, init, max_iter=40, tol=0.0)
+        for leaf in jax.tree.leaves(res):
+            assert bool(jnp.all(jnp.isfinite(leaf))), leaf
+        # The component on the 5 copies collapses onto them: covariance -> reg_covar·I.
+        np.testing.assert_allclose(res.params.covariances[1], 1e-6 * np.eye(2), atol=1e-6)
+        assert float(res.params.weights[2]) < 1e-6
+
+
+@given(seed=st.integers(0, 10_000), k=st.integers(1, 4), d=st.integers(1, 3),
+       covariance_type=st.sampled_from(TYPES), spread=st.floats(0.5, 6.0))
+@settings(max_examples=20, deadline=None)
+def test_log_likelihood_never_decreases(seed, k, d, covariance_type, spread):
+    # Without regularisation each EM iteration cannot lower the likelihood (float64).
+    rng = np.random.default_rng(seed)
+    n = 15 * k * (d + 1)
+    x = rng.normal(size=(n, d)) + spread * rng.normal(size=(k, d))[rng.integers(0, k, n)]
+    with jax.enable_x64(True):
+        init = gmm.init_params(jax.random.key(seed), jnp.asarray(x), k, covariance_type, reg_covar=0.0)
+        hist = np.asarray(gmm.em(jnp.asarray(x), init, max_iter=30, tol=0.0, reg_covar=0.0).history)
+    assert np.all(np.isfinite(hist))
+    assert np.all(np.diff(hist) >= -1e-9 * np.maximum(1.0, np.abs(hist[1:])))
+
+
+def test_n_parameters_matches_sklearn():
+    x = blobs()
+    for ct in TYPES:
+        sk = GaussianMixture(3, covariance_type=ct, max_iter=200, random_state=0).fit(x)
+        assert gmm.n_parameters(3, 3, ct) == sk._n_parameters()
+
+
+def test_no_recompilation_when_tol_or_reg_covar_change():
+    x = jnp.asarray(blobs(), jnp.float32)
+    init = gmm.init_params(jax.random.key(0), x, 3)
+    gmm.em(x, init, max_iter=7, tol=1e-3)
+    before = gmm._em_kernel._cache_size()
+    gmm.em(x, init, max_iter=7, tol=1e-5, reg_covar=1e-4)
+    assert gmm._em_kernel._cache_size() == before
+
+
+GOOD = gmm.GMMParams(np.array([0.5, 0.5]), np.zeros((2, 2)), np.stack([np.eye(2)] * 2))
+X = np.random.default_rng(0).normal(size=(10, 2))
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda: gmm.em(X[:, 0], GOOD), "x"),
+    (lambda: gmm.em(X[None], GOOD), "x"),
+    (lambda: gmm.em(np.where(np.eye(10, 2) > 0, np.nan, X), GOOD), "x"),
+    (lambda: gmm.em(X, GOOD._replace(weights=np.array([0.5, 0.4]))), "weights"),
+    (lambda: gmm.em(X, GOOD._replace(weights=np.array([1.5, -0.5]))), "weights"),
+    (lambda: gmm.em(X, GOOD._replace(weights=np.array([0.5, np.nan]))), "weights"),
+    (lambda: gmm.em(X, GOOD._replace(means=np.zeros((2, 3)))), "means"),
+    (lambda: gmm.em(X, GOOD._replace(means=np.zeros((3, 2)))), "means"),
+    (lambda: gmm.em(X, GOOD._replace(covariances=np.ones((2, 3)))), "covariances"),
+    (lambda: gmm.em(X, GOOD._replace(covariances=-np.stack([np.eye(2)] * 2))), "covariances"),
+    (lambda: gmm.em(X, GOOD._replace(covariances=np.array([1.0, 0.0]))), "covariances"),
+    (lambda: gmm.em(X, GOOD, max_iter=0), "max_iter"),
+    (lambda: gmm.em(X, GOOD, tol=-1.0), "tol"),
+    (lambda: gmm.em(X, GOOD, reg_covar=-1.0), "reg_covar"),
+    (lambda: gmm.fit(jax.random.key(0), X, 11), "n_components"),
+    (lambda: gmm.fit(jax.random.key(0), X, 0), "n_components"),
+    (lambda: gmm.fit(jax.random.key(0), X, 2, "tied"), "covariance_type"),
+    (lambda: gmm.fit(jax.random.key(0), X, 2, n_restarts=0), "n_restarts"),
+    (lambda: gmm.init_params(jax.random.key(0), X, 11), "n_components"),
+    (lambda: gmm.kmeans_plus_plus(jax.random.key(0), X, 11), "n_components"),
+    (lambda: gmm.sample(jax.random.key(0), GOOD, 0), "n"),
+    (lambda: gmm.log_density(X[:, :1], GOOD), "means"),
+])
+def test_bad_input_raises_value_error_naming_the_argument(call, name):
+    with pytest.raises(ValueError, match=rf"\b{name}\b"):
+        call()
