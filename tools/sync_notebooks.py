@@ -68,7 +68,7 @@ def synced(nb, notebook: Path, repo: dict):
         title, _, rest = header.source.partition("\n")
         header.source = f"{title}\n\n{line}\n{rest}".rstrip() + "\n"
         header.source = header.source.rstrip("\n")
-    setup = nbformat.v4.new_code_cell(setup_source(repo), metadata={"tags": [SETUP_TAG]})
+    setup = nbformat.v4.new_code_cell(setup_source(repo), metadata={"tags": [SETUP_TAG, "hide-input"]})
     if len(nb.cells) > 1 and SETUP_TAG in nb.cells[1].get("metadata", {}).get("tags", []):
         setup.id = nb.cells[1].get("id", setup.get("id"))
         setup.execution_count = nb.cells[1].get("execution_count")
