@@ -186,6 +186,20 @@ def test_cnn_feature_map_shapes_follow_formula(h, w, k, c):
     assert logits.shape == (2, 4)
 
 
+@settings(max_examples=10, deadline=None)
+@given(h=st.integers(2, 9), w=st.integers(2, 9))
+def test_max_pool_2x2_equals_flax_max_pool(h, w):
+    # distinct values (no ties), so the gradient is unique too
+    x = jax.random.permutation(jax.random.key(h * 10 + w), jnp.arange(2 * h * w * 3, dtype=jnp.float32))
+    x = x.reshape(2, h, w, 3)
+    ref = lambda v: nnx.max_pool(v, (2, 2), strides=(2, 2))
+    np.testing.assert_array_equal(nets.max_pool_2x2(x), ref(x))
+    cot = jax.random.normal(jax.random.key(0), ref(x).shape)
+    g_ours = jax.grad(lambda v: jnp.sum(cot * nets.max_pool_2x2(v)))(x)
+    g_ref = jax.grad(lambda v: jnp.sum(cot * ref(v)))(x)
+    np.testing.assert_allclose(g_ours, g_ref, rtol=1e-6)
+
+
 def test_cnn_shapes_and_channel_axis():
     model = nets.CNN(rngs=nnx.Rngs(0))
     x = jax.random.uniform(jax.random.key(0), (3, 28, 28))
