@@ -14,11 +14,13 @@ One call trains a model in place::
   ``metrics`` a dict of scalars to average (it may be empty).
 * Learning-rate schedules and gradient clipping are part of the optax transformation the
   caller passes (as above); ``fit`` adds nothing to it.
-* Randomness is explicit: ``key`` is split into a data key (which example goes into which
-  batch: :func:`batch_at`), a step key (``fold_in(step_key, step)`` is passed to
-  ``loss_fn``) and an eval key. The same key gives the same numbers, and a resumed run gives
+* Randomness is explicit: ``key`` is split (:func:`fit_keys`) into a data key (which example
+  goes into which batch: :func:`batch_at`), a step key (``fold_in(step_key, step)`` is
+  passed to ``loss_fn``) and an eval key. The same key gives the same numbers, and a resumed run gives
   bit-identical parameters to an uninterrupted one.
 * Steps are counted from 0; ``history["step"]`` holds the number of steps completed.
+* NaN/Inf stops the run with :class:`TrainingDiverged` naming the step; checkpoint problems
+  raise :class:`CheckpointError`. ``fit`` leaves the model in eval mode.
 """
 from __future__ import annotations
 
