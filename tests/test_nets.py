@@ -186,8 +186,7 @@ def test_cnn_feature_map_shapes_follow_formula(h, w, k, c):
     assert logits.shape == (2, 4)
 
 
-@settings(max_examples=10, deadline=None)
-@given(h=st.integers(2, 9), w=st.integers(2, 9))
+@pytest.mark.parametrize("h, w", [(2, 2), (5, 7), (8, 9)])
 def test_max_pool_2x2_equals_flax_max_pool(h, w):
     # distinct values (no ties), so the gradient is unique too
     x = jax.random.permutation(jax.random.key(h * 10 + w), jnp.arange(2 * h * w * 3, dtype=jnp.float32))
@@ -195,8 +194,9 @@ def test_max_pool_2x2_equals_flax_max_pool(h, w):
     ref = lambda v: nnx.max_pool(v, (2, 2), strides=(2, 2))
     np.testing.assert_array_equal(nets.max_pool_2x2(x), ref(x))
     cot = jax.random.normal(jax.random.key(0), ref(x).shape)
-    g_ours = jax.grad(lambda v: jnp.sum(cot * nets.max_pool_2x2(v)))(x)
-    g_ref = jax.grad(lambda v: jnp.sum(cot * ref(v)))(x)
+    both = jax.jit(lambda v: (jax.grad(lambda u: jnp.sum(cot * nets.max_pool_2x2(u)))(v),
+                              jax.grad(lambda u: jnp.sum(cot * ref(u)))(v)))
+    g_ours, g_ref = both(x)
     np.testing.assert_allclose(g_ours, g_ref, rtol=1e-6)
 
 
