@@ -27,7 +27,8 @@ def test_overrides(monkeypatch, env, arg, expected):
     assert (rt.scale, rt.scale_source) == expected
 
 
-def test_auto_follows_backend():
+def test_auto_follows_backend(monkeypatch):
+    monkeypatch.delenv(runtime.SCALE_ENV_VAR, raising=False)   # CI sets COURSE_SCALE=small
     assert runtime._resolve_scale(None, "gpu")[0] == "full"
     assert runtime._resolve_scale(None, "tpu")[0] == "full"
     assert runtime._resolve_scale("auto", "cpu") == ("small", "argument")
