@@ -108,7 +108,14 @@ TORCH_PY := .venv-torch/bin/python
 	$(TORCH_PY) -m pip install --quiet torch==2.13.0 "numpy<3"
 	touch $@
 
-bench: $(VENV)/.installed .venv-torch/.installed
+## dynamax (the JAX peer of the HMM benchmark) in its own venv: the course stack plus dynamax
+DYNAMAX_PY := .venv-dynamax/bin/python
+.venv-dynamax/.installed: pyproject.toml requirements.lock
+	test -x $(DYNAMAX_PY) || $(PYTHON) -m venv .venv-dynamax
+	$(DYNAMAX_PY) -m pip install --quiet -c requirements.lock -e . dynamax==1.0.3
+	touch $@
+
+bench: $(VENV)/.installed .venv-torch/.installed .venv-dynamax/.installed
 	$(PY) bench/run.py
 
 clean:

@@ -10,11 +10,16 @@ faster forward implementation (``score``; ``decode`` for Viterbi), in float64 (i
 dtype). course_lib runs in float32, the course's default dtype; one row per kernel repeats
 T = 10^5 in float64 for an like-for-like comparison. Same inputs, same process.
 
-dynamax is benchmarked only if ``import dynamax`` works in the interpreter that runs this
-file; the course's venv does not install it (see the report in bench/README.md).
+dynamax is benchmarked when it can be imported: in this interpreter, or else in
+``.venv-dynamax`` (``make bench`` builds it: the course's pinned stack plus dynamax, kept out
+of the course venv), whose rows are measured in a worker process on the same machine, in the
+same run, and passed back as JSON.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -26,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import Row, best_time, first_call_time, markdown_table  # noqa: E402
 from course_lib import hmm  # noqa: E402
 
+DYNAMAX_PY = Path(__file__).resolve().parents[1] / ".venv-dynamax" / "bin" / "python"
 NUM_SYMBOLS = 8
 BATCH, BATCH_LEN = 256, 1000
 
@@ -118,13 +124,13 @@ def batch_rows(quick: bool) -> list[Row]:
     return rows
 
 
-def dynamax_rows(quick: bool) -> list[Row]:
+def dynamax_rows(quick: bool, in_worker: bool = False) -> list[Row]:
     """course_lib against dynamax's lax.scan kernels (float32, same inputs), if importable."""
     try:
         import dynamax
         from dynamax.hidden_markov_model import inference as dyn
     except ImportError:
-        return []
+        return [] if in_worker else _dynamax_rows_in_worker(quick)
     version = f"dynamax {getattr(dynamax, '__version__', '?')}"
 
     def peer_fns(params):
@@ -147,7 +153,6 @@ def dynamax_rows(quick: bool) -> list[Row]:
                  (f"{BATCH} seqs x T={BATCH_LEN}", jnp.asarray(_symbols((BATCH, BATCH_LEN))),
                   jax.jit(jax.vmap(loglik)), jax.jit(jax.vmap(mode)))]
         for label, x, peer_ll, peer_mode in cases:
-            _check_agreement(jnp.sum(hmm.log_likelihood(params, x)), jnp.sum(peer_ll(x)), x.size)
             for what, ours_fn, peer_fn in [
                     ("forward log-lik", lambda: hmm.log_likelihood(params, x), lambda: peer_ll(x)),
                     ("Viterbi", lambda: hmm.viterbi(params, x), lambda: peer_mode(x))]:
@@ -157,16 +162,31 @@ def dynamax_rows(quick: bool) -> list[Row]:
                 rows.append(Row("hmm", f"{what}, {label}, K={k}", ours, block_peer, version,
                                 compile_s=compile_and_run - ours,
                                 note="both float32 JAX; dynamax via vmap for the batch"))
+            _check_agreement(jnp.sum(hmm.log_likelihood(params, x)), jnp.sum(peer_ll(x)), x.size)
     return rows
 
 
+def _dynamax_rows_in_worker(quick: bool) -> list[Row]:
+    """The dynamax rows measured by ``.venv-dynamax``'s Python (none if that venv is absent)."""
+    if not DYNAMAX_PY.exists():
+        print("hmm: no dynamax rows (run `make .venv-dynamax/.installed` to add them)")
+        return []
+    args = [str(DYNAMAX_PY), __file__, "--dynamax-json"] + (["--quick"] if quick else [])
+    done = subprocess.run(args, capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"hmm: the dynamax worker failed, no dynamax rows:\n{done.stderr[-2000:]}")
+        return []
+    return [Row(**fields) for fields in json.loads(done.stdout.strip().splitlines()[-1])]
+
+
 def run(quick: bool) -> list[Row]:
-    """All HMM rows (``quick``: the small cases only, a few seconds). dynamax rows appear
-    only when dynamax is importable (it is not in the course venv: run this file with a
-    throwaway venv's Python that has jax, hmmlearn and dynamax to get them)."""
+    """All HMM rows (``quick``: the small cases only, a few seconds)."""
     return single_sequence_rows(quick) + batch_rows(quick) + dynamax_rows(quick)
 
 
 if __name__ == "__main__":
-    rows = run(quick="--quick" in sys.argv)
-    print(markdown_table(rows))
+    quick = "--quick" in sys.argv
+    if "--dynamax-json" in sys.argv:   # worker mode, inside .venv-dynamax
+        print(json.dumps([dataclasses.asdict(row) for row in dynamax_rows(quick, in_worker=True)]))
+    else:
+        print(markdown_table(run(quick)))
