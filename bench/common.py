@@ -57,6 +57,11 @@ def first_call_time(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
+def _cell(text: str) -> str:
+    """Text safe inside a markdown table cell (a bare | would end the cell)."""
+    return text.replace("|", "\\|")
+
+
 def markdown_table(rows: Sequence[Row]) -> str:
     lines = [
         "| topic | case | course_lib (s) | peer (s) | peer | speed-up | target | compile (s) | note |",
@@ -66,6 +71,6 @@ def markdown_table(rows: Sequence[Row]) -> str:
         target = f"{r.target:g}x" if r.target else ""
         lines.append(
             f"| {r.topic} | {r.case} | {r.ours_s:.4g} | {r.peer_s:.4g} | {r.peer} | "
-            f"{r.ratio:.2f}x | {target} | {r.compile_s:.3g} | {r.note} |"
+            f"{r.ratio:.2f}x | {target} | {r.compile_s:.3g} | {_cell(r.note)} |"
         )
     return "\n".join(lines)
