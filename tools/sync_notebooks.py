@@ -5,6 +5,14 @@
 
 The repository address lives in one place, `repository.url` in _config.yml. The badge
 line of the first (markdown) cell and the whole second (code) cell are derived from it.
+
+The setup cell (SETUP_TEMPLATE) acts on Colab only. It keys "installed" on a marker file
+written after the clone, the pip install and the data preparation have all succeeded, so
+running it again after a failure starts over and repairs the install. It reads Colab's jax
+and jaxlib versions from package metadata (nothing is imported before pip runs) and pins
+them, so Colab's GPU/TPU builds are kept. A failed step ends in one message naming the step,
+with the tail of its output. COURSE_DIR overrides where it installs (tests/test_colab_setup.py
+runs the cell with a fake Colab and a fake subprocess.run).
 """
 from __future__ import annotations
 
@@ -22,17 +30,36 @@ SETUP_TAG = "course-setup"
 
 SETUP_TEMPLATE = '''\
 # Setup. On Colab: fetch the course, install course_lib (keeping Colab's own GPU/TPU jax),
-# prepare the data. Anywhere else this cell does nothing. Safe to run more than once.
-import os, subprocess, sys
+# prepare the data. Anywhere else this cell does nothing. After a failure, run it again: it
+# starts over from a fresh clone. Once all went well (a marker file), it only changes directory.
+import os, sys
 if "google.colab" in sys.modules:
-    REPO, DEST = "{url}", "/content/{name}"
-    if not os.path.isdir(DEST):
-        import jax, jaxlib
-        subprocess.run(["git", "clone", "--depth=1", "--branch", "{branch}", REPO, DEST], check=True)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", DEST + "[notebooks]",
-                        f"jax=={{jax.__version__}}", f"jaxlib=={{jaxlib.__version__}}"], check=True)
-        subprocess.run([sys.executable, DEST + "/data/prepare.py"], check=True)
-    sys.path.insert(0, DEST)
+    import shutil, subprocess
+    from importlib.metadata import distributions
+    REPO, BRANCH = "{url}", "{branch}"
+    DEST = os.environ.get("COURSE_DIR", "/content/{name}")
+    DONE = DEST + "/.course-installed"
+
+    def step(what, *command):
+        print(f"Course setup: {{what}}...", flush=True)
+        proc = subprocess.run(command, capture_output=True, text=True)
+        if proc.returncode:
+            tail = "\\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+            raise SystemExit(f"Course setup failed while {{what}} (exit {{proc.returncode}}):\\n"
+                             f"{{tail}}\\nFix the cause, then run this cell again.")
+
+    if not os.path.exists(DONE):
+        # Colab's jax and jaxlib (GPU/TPU builds), read without importing them, are kept as they are
+        keep = sorted({{f"{{d.name}}=={{d.version}}" for d in distributions() if d.name in ("jax", "jaxlib")}})
+        shutil.rmtree(DEST, ignore_errors=True)  # what a failed attempt left, if anything
+        step("cloning " + REPO, "git", "clone", "-q", "--depth=1", "--branch", BRANCH, REPO, DEST)
+        step("installing course_lib", sys.executable, "-m", "pip", "install", "-q", "-e",
+             DEST + "[notebooks]", *keep)
+        step("preparing the data", sys.executable, DEST + "/data/prepare.py")
+        open(DONE, "w").close()  # only now: every step succeeded
+        print("Course setup: done.")
+    if DEST not in sys.path:
+        sys.path.insert(0, DEST)
     os.chdir(DEST + "/notebooks")'''
 
 
