@@ -462,7 +462,26 @@ def em(
     _check_n_components(init.weights.shape[0], x.shape[0])
     _check_em_options(max_iter, tol, reg_covar)
     _check_block_size(block_size)
-    return _em_kernel(x, init, tol, reg_covar, max_iter=int(max_iter), block_size=int(block_size))
+    res = _em_kernel(x, init, tol, reg_covar, max_iter=int(max_iter), block_size=int(block_size))
+    _check_em_result(res, reg_covar)
+    return res
+
+
+def _check_em_result(res: EMResult, reg_covar) -> None:
+    """Raise instead of returning NaN when EM broke down (a component collapsed).
+
+    Without enough regularisation a component can shrink onto a few points: its covariance
+    becomes singular, the likelihood is unbounded, and the next E-step divides 0 by 0.
+    """
+    if not _is_concrete(res.log_likelihood):   # traced inside a caller's jit: nothing to check
+        return
+    n_iter = int(res.n_iter)
+    finite = bool(jnp.isfinite(res.log_likelihood)) and bool(jnp.all(jnp.isfinite(res.history[:n_iter])))
+    if not finite:
+        raise FloatingPointError(
+            f"EM broke down within {n_iter} iterations: a component collapsed onto too few points "
+            f"and its covariance became singular (log-likelihood not finite); increase reg_covar "
+            f"(now {float(reg_covar):g}) or use fewer components")
 
 
 def _check_block_size(block_size) -> None:
