@@ -1,11 +1,18 @@
-"""Packaging drift: pyproject.toml, environment.yml and requirements.lock must agree.
+"""Packaging drift: pyproject.toml, environment.yml, the two pin files and CI must agree.
 
 - environment.yml (conda/mamba) lists, from conda-forge, every package of pyproject's
   runtime dependencies and its `notebooks` and `test` extras, under the same name and with
   the same version range; then pip installs course_lib itself (`-e .`), which finds every
   dependency satisfied. A package added to, removed from or re-ranged in one file and not
   the other fails here.
-- requirements.lock (what `make setup` installs) pins a version inside every range.
+- Every range has a lower bound. What the Colab setup cell installs (the dependencies and
+  the `notebooks` extra) has no upper cap: Colab's own jax is kept as it is, and a cap below
+  it would fail the install the day Colab moves past it. The test tools are capped above.
+- The two ends of every range are tested: requirements.lock (what `make setup` installs,
+  the newest end) pins a version inside every range; requirements-min.txt (CI's
+  minimum-versions job) pins every package at exactly its lower bound.
+- The supported Pythons (pyproject's classifiers) are the ones CI runs `make test` on, the
+  floor of requires-python is the oldest of them, and the lower bounds are tested on it.
 """
 from __future__ import annotations
 
@@ -97,24 +104,89 @@ def test_environment_yml_python_pip_and_channels():
     assert pip == ["-e ."], "pip installs course_lib only; its dependencies come from conda-forge"
 
 
+def colab_installed() -> set[str]:
+    """What the Colab setup cell installs: the runtime dependencies and the notebooks extra."""
+    project = pyproject()["project"]
+    return {canonicalize_name(Requirement(line).name)
+            for line in project["dependencies"] + project["optional-dependencies"]["notebooks"]}
+
+
 def test_every_declared_range_is_admissible():
-    """Each range admits some version and is bounded above (no surprise major upgrades)."""
+    """Each range has a lower bound and admits a version (the lock's, the min file's).
+
+    The test tools are bounded above too (no surprise major upgrades). What Colab installs
+    takes a lower bound only: the setup cell pins Colab's own jax/jaxlib, and any upper cap
+    (on jax, or on numpy, scipy... that Colab preinstalls) would make that install fail or
+    downgrade Colab's packages the day Colab moves past it.
+    """
+    colab = colab_installed()
+    assert {"jax", "flax", "optax", "numpy"} <= colab
     for name, spec in declared_requirements().items():
-        operators = {s.operator for s in spec}
-        assert ">=" in operators and "<" in operators, f"{name}: {spec} needs a lower and an upper bound"
+        operators = [s.operator for s in spec]
+        assert operators.count(">=") == 1, f"{name}: {spec} needs one lower bound (>=)"
+        if name in colab:
+            assert operators == [">="], f"{name}: {spec}: installed on Colab, so a lower bound only"
+        else:
+            assert set(operators) == {">=", "<"}, f"{name}: {spec} needs a lower and an upper bound"
 
 
-def test_requirements_lock_pins_a_version_inside_every_range():
-    pins = {}
-    for line in (ROOT / "requirements.lock").read_text().splitlines():
+def pins(filename: str) -> dict[str, Version]:
+    """A pin file's `name==version` lines as {name: version} (comments and blank lines skipped)."""
+    found = {}
+    for line in (ROOT / filename).read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
             name, _, version = line.partition("==")
-            assert version, f"requirements.lock: {line!r} is not pinned with =="
-            pins[canonicalize_name(name)] = Version(version)
-    outside = {name: (str(pins.get(name)), str(spec)) for name, spec in declared_requirements().items()
-               if name not in pins or pins[name] not in spec}
+            assert version, f"{filename}: {line!r} is not pinned with =="
+            name = canonicalize_name(name)
+            assert name not in found, f"{filename} pins {name} twice"
+            found[name] = Version(version)
+    return found
+
+
+def lower_bound(spec: SpecifierSet) -> Version:
+    [bound] = [Version(s.version) for s in spec if s.operator == ">="]
+    return bound
+
+
+def test_requirements_lock_pins_a_version_inside_every_range():
+    locked = pins("requirements.lock")
+    outside = {name: (str(locked.get(name)), str(spec)) for name, spec in declared_requirements().items()
+               if name not in locked or locked[name] not in spec}
     assert not outside, f"requirements.lock (pin, range) disagrees with pyproject.toml: {outside}"
+
+
+def test_requirements_min_pins_every_package_at_its_lower_bound():
+    """The lower bounds declared are the versions the minimum-versions CI job installs."""
+    declared = {name: lower_bound(spec) for name, spec in declared_requirements().items()}
+    oldest = pins("requirements-min.txt")
+    missing = sorted(set(declared) - set(oldest))
+    extra = sorted(set(oldest) - set(declared))
+    assert not missing, f"declared in pyproject.toml, not pinned in requirements-min.txt: {missing}"
+    assert not extra, f"pinned in requirements-min.txt, not declared in pyproject.toml: {extra}"
+    differ = {name: (str(declared[name]), str(oldest[name]))
+              for name in declared if declared[name] != oldest[name]}
+    assert not differ, f"lower bound in pyproject.toml != pin in requirements-min.txt: {differ}"
+
+
+def supported_pythons() -> list[str]:
+    """The Python versions pyproject's classifiers name, oldest first: the support matrix."""
+    prefix = "Programming Language :: Python :: "
+    found = [c.removeprefix(prefix) for c in pyproject()["project"].get("classifiers", [])
+             if c.startswith(prefix) and re.fullmatch(r"3\.\d+", c.removeprefix(prefix))]
+    return sorted(found, key=Version)
+
+
+def test_requires_python_starts_at_the_oldest_supported_python():
+    supported = supported_pythons()
+    assert len(supported) >= 2, f"classifiers name too few Python versions: {supported}"
+    spec = SpecifierSet(pyproject()["project"]["requires-python"])
+    assert all(Version(v) in spec for v in supported), f"requires-python {spec} excludes one of {supported}"
+    major, minor = map(int, supported[0].split("."))
+    assert Version(f"{major}.{minor - 1}") not in spec, \
+        f"requires-python {spec} admits Python {major}.{minor - 1}, which is not tested"
+    assert [int(v.split(".")[1]) for v in supported] == list(range(minor, minor + len(supported))), \
+        f"the supported Pythons have a gap: {supported}"
 
 
 def _first_package_line(env: dict) -> int:
@@ -154,6 +226,39 @@ def test_github_ci_runs_the_same_test_command_as_ci_run():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     runs = [step.get("run", "").strip() for step in _steps(_workflow("ci.yml"))]
     assert "make test" in runs
+
+
+def _jobs_running(workflow: dict, predicate) -> list[dict]:
+    return [job for job in workflow["jobs"].values()
+            if any(predicate(step.get("run", "").strip()) for step in job.get("steps", []))]
+
+
+def _setup_python_version(job: dict) -> str:
+    [setup] = [step for step in job["steps"] if step.get("uses", "").startswith("actions/setup-python@")]
+    return str(setup["with"]["python-version"])
+
+
+def test_github_ci_runs_make_test_on_every_supported_python():
+    [job] = _jobs_running(_workflow("ci.yml"), lambda run: run == "make test")
+    assert job["runs-on"] == "ubuntu-24.04"
+    matrix = [str(v) for v in job["strategy"]["matrix"]["python-version"]]
+    assert matrix == supported_pythons(), f"CI's Pythons {matrix} != pyproject's classifiers"
+    assert _setup_python_version(job) == "${{ matrix.python-version }}"
+    assert job["strategy"].get("fail-fast") is False, "one Python failing must not cancel the others"
+
+
+def test_github_ci_tests_the_lower_bounds_on_the_oldest_python():
+    workflow = _workflow("ci.yml")
+    [job] = _jobs_running(workflow, lambda run: "-r requirements-min.txt" in run)
+    assert job["runs-on"] == "ubuntu-24.04"
+    assert _setup_python_version(job) == supported_pythons()[0]
+    runs = [step.get("run", "").strip() for step in job["steps"]]
+    install = next(i for i, run in enumerate(runs) if "-r requirements-min.txt" in run)
+    assert "requirements.lock" not in runs[install], "the lower bounds, not the lock"
+    assert '-e ".[test]"' in runs[install]
+    prepare = next(i for i, run in enumerate(runs) if "data/prepare.py" in run)
+    tests = next(i for i, run in enumerate(runs) if "-m pytest tests" in run and '-m "not slow"' in run)
+    assert install < prepare < tests
 
 
 def test_github_pages_publishes_the_book_built_by_make_book():
