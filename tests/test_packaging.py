@@ -82,17 +82,21 @@ def conda_requirements() -> tuple[dict[str, SpecifierSet], list]:
     return conda, pip
 
 
+def assert_same_packages(left: dict, left_name: str, right: dict, right_name: str) -> None:
+    """Both files name the same packages, each with the same version (range or pin)."""
+    missing = sorted(set(left) - set(right))
+    extra = sorted(set(right) - set(left))
+    assert not missing, f"in {left_name}, not in {right_name}: {missing}"
+    assert not extra, f"in {right_name}, not in {left_name}: {extra}"
+    differ = {name: (str(left[name]), str(right[name])) for name in left if left[name] != right[name]}
+    assert not differ, f"ranges differ ({left_name}, {right_name}): {differ}"
+
+
 def test_environment_yml_lists_pyproject_packages_with_the_same_ranges():
     declared = declared_requirements()
     conda, _ = conda_requirements()
     listed = {name: spec for name, spec in conda.items() if name not in CONDA_ONLY}
-    missing = sorted(set(declared) - set(listed))
-    extra = sorted(set(listed) - set(declared))
-    assert not missing, f"in pyproject.toml, not in environment.yml: {missing}"
-    assert not extra, f"in environment.yml, not in pyproject.toml: {extra}"
-    differ = {name: (str(declared[name]), str(listed[name]))
-              for name in declared if declared[name] != listed[name]}
-    assert not differ, f"ranges differ (pyproject, environment.yml): {differ}"
+    assert_same_packages(declared, "pyproject.toml", listed, "environment.yml")
 
 
 def test_environment_yml_python_pip_and_channels():
@@ -160,13 +164,7 @@ def test_requirements_min_pins_every_package_at_its_lower_bound():
     """The lower bounds declared are the versions the minimum-versions CI job installs."""
     declared = {name: lower_bound(spec) for name, spec in declared_requirements().items()}
     oldest = pins("requirements-min.txt")
-    missing = sorted(set(declared) - set(oldest))
-    extra = sorted(set(oldest) - set(declared))
-    assert not missing, f"declared in pyproject.toml, not pinned in requirements-min.txt: {missing}"
-    assert not extra, f"pinned in requirements-min.txt, not declared in pyproject.toml: {extra}"
-    differ = {name: (str(declared[name]), str(oldest[name]))
-              for name in declared if declared[name] != oldest[name]}
-    assert not differ, f"lower bound in pyproject.toml != pin in requirements-min.txt: {differ}"
+    assert_same_packages(declared, "pyproject.toml (lower bounds)", oldest, "requirements-min.txt")
 
 
 def supported_pythons() -> list[str]:
