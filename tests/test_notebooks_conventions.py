@@ -209,3 +209,21 @@ def test_exercises_have_hidden_solutions_checked_by_asserts(path):
         assert "hide-input" in tags(nb.cells[j]), f"solution cell {j} is not tagged hide-input"
         following = [cell for cell in nb.cells[j + 1:] if cell.cell_type == "code"][:1]
         assert following and "assert" in following[0].source, f"no assert cell checks solution cell {j}"
+        check = following[0].source
+        defined = re.findall(r"^def (check_\w+)\(", check, re.M)
+        assert defined, f"the check after solution cell {j} defines no check_* function"
+        for name in defined:
+            assert re.search(rf"^{name}\(", check, re.M), f"{name} is defined but not called"
+
+
+@per_notebook
+def test_every_exercise_checker_is_fed_wrong_answers_by_a_test(path):
+    """tests/test_exercises_NN.py calls every check_* of notebook NN (tests/exercises.py)."""
+    from exercises import checker_names
+    test_file = ROOT / "tests" / f"test_exercises_{path.name[:2]}.py"
+    names = checker_names(path.name[:2])
+    assert names, "no check_* functions"
+    assert test_file.exists(), f"{test_file.name} is missing"
+    text = test_file.read_text()
+    untested = [n for n in names if not re.search(rf"\b{n}\(", text)]
+    assert not untested, f"{test_file.name} never calls {untested}"
