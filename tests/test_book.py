@@ -1,8 +1,9 @@
-"""The book: its configuration, a clean offline build, and notebook 01's page in a browser.
+"""The book: its configuration, a clean offline build, and its pages in a browser.
 
 The build renders the outputs stored in the notebooks (no execution), with warnings as
-errors, like ``make book``. The browser test opens the notebook-01 page in headless
-Chromium and checks what a reader sees: typeset maths, the figures, the Colab button.
+errors, like ``make book``. The browser tests open every page in headless Chromium and
+check what a reader sees: all maths typeset and no raw TeX, ``$`` or ``**`` left in the
+prose (every page); on notebook 01's page, the figures and the Colab button.
 A screenshot of that page is kept in ``artifacts/`` (git-ignored; CI uploads it).
 """
 from __future__ import annotations
@@ -188,32 +189,112 @@ def test_book_builds_clean_offline(book):
         assert not remote, f"{page.name} loads from the network: {remote}"
 
 
+class VisibleProse(HTMLParser):
+    """The text a reader sees as prose: everything outside code, scripts, cell outputs and
+    the maths MathJax typeset (``mjx-container``). TeX that MathJax did not typeset, a
+    ``$`` left by a formula the Markdown parser did not recognise, or ``**`` left by bold
+    markup that broke with it, all end up here."""
+
+    SKIP_TAGS = {"script", "style", "pre", "code", "mjx-container", "svg", "noscript", "kbd"}
+    SKIP_CLASSES = {"cell_output", "output"}
+
+    def __init__(self, html: str):
+        super().__init__(convert_charrefs=True)
+        self.chunks: list[str] = []
+        self._skipping: tuple[str, int] | None = None     # (tag, nesting depth)
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        if self._skipping:
+            name, depth = self._skipping
+            if tag == name:
+                self._skipping = (name, depth + 1)
+            return
+        classes = set((dict(attrs).get("class") or "").split())
+        if tag in self.SKIP_TAGS or classes & self.SKIP_CLASSES:
+            self._skipping = (tag, 1)
+
+    def handle_startendtag(self, tag, attrs):
+        pass
+
+    def handle_endtag(self, tag):
+        if self._skipping and tag == self._skipping[0]:
+            name, depth = self._skipping
+            self._skipping = (name, depth - 1) if depth > 1 else None
+
+    def handle_data(self, data):
+        if not self._skipping and data.strip():
+            self.chunks.append(data)
+
+    def leftovers(self) -> list[str]:
+        """Pieces of prose that hold ``$``, a TeX command or ``**``, with some context."""
+        text = " ".join(" ".join(self.chunks).split())
+        found = []
+        for match in RAW_TEX.finditer(text):
+            found.append(text[max(0, match.start() - 50): match.end() + 50])
+        return found
+
+
+RAW_TEX = re.compile(r"\$|\\[A-Za-z]+|\*\*|\\[()\[\]]")
+
+
+def site_pages(book) -> list[Path]:
+    """The landing page and every notebook's page."""
+    return [book.html / "index.html",
+            *[book.html / "notebooks" / f"{nb.stem}.html" for nb in course_notebooks()]]
+
+
 @pytest.fixture(scope="module")
-def page_dom(book) -> tuple[Path, str, float]:
-    """Notebook 01's page as headless Chromium renders it (after MathJax has run)."""
+def rendered(book):
+    """Each page as headless Chromium renders it (after MathJax has run), dumped once."""
     assert book.returncode == 0, f"jupyter-book build failed:\n{book.log[-6000:]}"
+    cache: dict[Path, str] = {}
+
+    def dom(page: Path) -> str:
+        if page not in cache:
+            start = time.perf_counter()
+            cache[page] = run_browser(["--virtual-time-budget=10000", "--dump-dom", page.as_uri()]).stdout
+            print(f"\nchromium --dump-dom {page.name}: {time.perf_counter() - start:.1f} s")
+        return cache[page]
+    return dom
+
+
+@pytest.fixture(scope="module")
+def page_dom(book, rendered) -> tuple[Path, str]:
+    """Notebook 01's page as headless Chromium renders it."""
     page = book.html / f"{PAGE}.html"
-    start = time.perf_counter()
-    dom = run_browser(["--virtual-time-budget=10000", "--dump-dom", page.as_uri()]).stdout
-    seconds = time.perf_counter() - start
-    print(f"\nchromium --dump-dom: {seconds:.1f} s")
-    return page, dom, seconds
+    return page, rendered(page)
 
 
 @pytest.mark.slow
-def test_notebook01_page_typesets_maths(page_dom):
-    page, dom, _ = page_dom
-    static = page.read_text()
-    formulas = len(re.findall(r'class="math notranslate nohighlight"', static))
-    assert formulas > 0, "notebook 01's page holds no maths to typeset"
+@pytest.mark.parametrize("name", ["index", *[nb.stem for nb in course_notebooks()]])
+def test_every_page_typesets_all_its_maths_and_shows_no_raw_tex(book, rendered, name):
+    page = book.html / ("index.html" if name == "index" else f"notebooks/{name}.html")
+    assert page.is_file(), f"no page {page.name}"
+    dom = rendered(page)
+    formulas = len(re.findall(r'class="math notranslate nohighlight"', page.read_text()))
     typeset = len(re.findall(r"<mjx-container\b", dom))
     assert typeset >= formulas, f"MathJax typeset {typeset} of {formulas} formulas"
     assert "<mjx-merror" not in dom, "MathJax reported a TeX error on the page"
+    left = VisibleProse(dom).leftovers()
+    assert not left, f"{len(left)} pieces of raw TeX, $ or ** in the prose of {page.name}:\n" + \
+        "\n".join(f"  ...{piece}..." for piece in left[:10])
+
+
+def test_raw_tex_detector_finds_what_a_broken_page_shows():
+    """The detector itself: maths and code pass, the leftovers of broken markup do not."""
+    good = ('<p>A <mjx-container>x$</mjx-container> and <code>a**2</code></p>'
+            '<div class="cell_output docutils container"><pre>$ \\alpha</pre><div>**</div></div>'
+            '<p>plain prose, 5 &lt; 6</p>')
+    assert VisibleProse(good).leftovers() == []
+    for broken in ('<p>$$ W \\in \\mathbb{R}^{K}$$</p>', '<p>an $x$ inline</p>',
+                   '<p>then **bold** text</p>', '<p>\\(x\\)</p>'):
+        assert VisibleProse(broken).leftovers(), broken
 
 
 @pytest.mark.slow
 def test_notebook01_page_shows_its_figures(page_dom):
-    page, dom, _ = page_dom
+    page, dom = page_dom
     figures = []
     for attrs in Elements(dom).tags("img"):
         src = attrs.get("src", "")
@@ -235,7 +316,7 @@ def test_notebook01_page_shows_its_figures(page_dom):
 
 @pytest.mark.slow
 def test_notebook01_page_has_a_colab_button_for_this_repository(page_dom):
-    _, dom, _ = page_dom
+    _, dom = page_dom
     expected = colab_url(load_config(), PAGE)
     hrefs = [attrs.get("href", "") for attrs in Elements(dom).tags("a")]
     assert expected in hrefs, f"no link to {expected}; Colab links: {[h for h in hrefs if 'colab' in h]}"
