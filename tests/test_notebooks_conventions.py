@@ -227,3 +227,57 @@ def test_every_exercise_checker_is_fed_wrong_answers_by_a_test(path):
     text = test_file.read_text()
     untested = [n for n in names if not re.search(rf"\b{n}\(", text)]
     assert not untested, f"{test_file.name} never calls {untested}"
+
+
+MYST_ONLY = re.compile(r"^\s*(```|~~~|:::)\s*\{[a-z-]+\}|\{(math|eq|ref|numref|doc|term|cite)\}`|^\([\w-]+\)=\s*$",
+                       re.MULTILINE)
+
+
+def display_maths_problems(markdown: str) -> list[str]:
+    """Places where ``$$`` display maths does not stand alone between blank lines.
+
+    Jupyter Book (MyST's dollarmath) reads ``$$ ... $$`` as display maths only as a block of
+    its own; inside a paragraph the page shows raw TeX, while JupyterLab renders it anyway.
+    """
+    lines = markdown.split("\n")
+    problems, inside = [], False
+    for i, line in enumerate(lines):
+        if "$$" not in line:
+            continue
+        stripped = line.strip()
+        opens = not inside
+        one_line = stripped.startswith("$$") and stripped.endswith("$$") and len(stripped) > 4
+        if opens and not stripped.startswith("$$"):
+            problems.append(f"line {i + 1}: $$ after text on the same line")
+        if not opens and not stripped.endswith("$$"):
+            problems.append(f"line {i + 1}: text after the closing $$")
+        if (opens or one_line) and i > 0 and lines[i - 1].strip():
+            problems.append(f"line {i + 1}: no blank line before $$")
+        if (not opens or one_line) and i + 1 < len(lines) and lines[i + 1].strip():
+            problems.append(f"line {i + 1}: no blank line after $$")
+        if not one_line:
+            inside = not inside
+    if inside:
+        problems.append("a $$ block is never closed")
+    return problems
+
+
+def test_display_maths_checker():
+    assert display_maths_problems("Text.\n\n$$\na = b\n$$\n\nMore.") == []
+    assert display_maths_problems("Text.\n\n$$a = b$$\n\nMore.") == []
+    assert display_maths_problems("Text\n$$\na\n$$\n\nMore.")          # glued to the paragraph
+    assert display_maths_problems("Text.\n\n$$a$$\nMore.")              # no blank line after
+    assert display_maths_problems("so $$a$$ inline")                      # inside a sentence
+
+
+@per_notebook
+def test_markdown_renders_alike_in_jupyterlab_colab_and_the_book(path):
+    """No MyST-only markup (directives, roles, targets: raw code in JupyterLab and Colab) and
+    display maths in blocks of its own (raw TeX in the book otherwise)."""
+    for j, cell in enumerate(load(path).cells):
+        if cell.cell_type != "markdown":
+            continue
+        myst = MYST_ONLY.search(cell.source)
+        assert not myst, f"cell {j}: MyST-only markup {myst.group(0)!r}; use plain Markdown (a > blockquote)"
+        problems = display_maths_problems(cell.source)
+        assert not problems, f"cell {j}: " + "; ".join(problems)
