@@ -1,15 +1,21 @@
-"""Probability kernels for notebook 01: Gaussians, maximum likelihood, KL, a generative classifier.
+"""Probability kernels for notebook 01: Gaussians, maximum likelihood, entropy and KL, a
+generative classifier, and discrete Bayesian networks.
 
-Shapes: ``N`` points, ``D`` dimensions, ``C`` classes. Every function is pure, works under
-``jit``/``vmap``/``grad``, and takes an explicit PRNG key where it samples.
+Shapes: ``N`` points, ``D`` dimensions, ``C`` classes, ``K`` categories, ``V`` nodes of a
+Bayesian network. Every function is pure, works under ``jit`` (with the structural arguments
+static) and takes an explicit PRNG key where it samples. Values (probabilities that must be
+non-negative and sum to 1) are checked when they are concrete; under ``jit`` only shapes are.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from dataclasses import dataclass
+from functools import partial
+from typing import Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.special import logsumexp
+import numpy as np
+from jax.scipy.special import logsumexp, xlogy
 
 LOG_2PI = jnp.log(2.0 * jnp.pi)
 
@@ -149,3 +155,356 @@ def sample_labelled(key, model: GaussianClassifier, n: int):
     eps = jax.random.normal(k_x, (n, model.means.shape[1]), dtype=model.means.dtype)
     x = model.means[y] + jnp.einsum("nde,ne->nd", chol[y], eps)
     return x, y
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _is_concrete(x) -> bool:
+    """False under ``jit``/``vmap`` tracing, where values cannot be inspected."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _check_distribution(name: str, p, axis: int = -1) -> jax.Array:
+    """``p`` as a float array whose slices along ``axis`` are probability vectors.
+
+    Raises ValueError naming ``name`` when a concrete ``p`` has a NaN, a negative entry or a
+    slice that does not sum to 1 (tolerance 1e-4 in float32, 1e-8 in float64).
+    """
+    p = jnp.asarray(p)
+    if not jnp.issubdtype(p.dtype, jnp.floating):
+        raise ValueError(f"{name} must be a floating-point array of probabilities, got dtype {p.dtype}")
+    if p.ndim == 0 or p.shape[axis] < 1:
+        raise ValueError(f"{name} must have at least one category along axis {axis}, got shape {p.shape}")
+    if _is_concrete(p):
+        v = np.asarray(p, dtype=np.float64)
+        if not np.all(np.isfinite(v)):
+            raise ValueError(f"{name} has a NaN or infinite entry; probabilities must be finite")
+        if np.any(v < 0):
+            raise ValueError(f"{name} has a negative entry ({v.min():.3g}); probabilities are >= 0")
+        sums = v.sum(axis=axis)
+        tol = 1e-8 if p.dtype == jnp.float64 else 1e-4
+        bad = np.argwhere(np.atleast_1d(np.abs(sums - 1.0) > tol))
+        if len(bad):
+            where = tuple(int(i) for i in bad[0]) if sums.ndim else ()
+            slice_ = f"the slice at {where}" if where else "it"
+            raise ValueError(f"{name} must sum to 1 along axis {axis}; {slice_} "
+                             f"sums to {float(sums[where]):.6g}")
+    return p
+
+
+# --------------------------------------------------------------------------- entropy and KL
+
+
+def entropy(p: jax.Array, axis: int = -1) -> jax.Array:
+    """Shannon entropy in nats, H(p) = -Σ_k p_k log p_k, with 0 log 0 = 0.
+
+    ``p`` (..., K) probability vectors along ``axis``; returns (...). Divide by log 2 for
+    bits. 0 <= H(p) <= log K, with 0 for a certain outcome and log K for the uniform one.
+    """
+    p = _check_distribution("p", p, axis)
+    return -jnp.sum(xlogy(p, p), axis=axis)
+
+
+def cross_entropy(p: jax.Array, q: jax.Array, axis: int = -1) -> jax.Array:
+    """Cross-entropy in nats, H(p, q) = -Σ_k p_k log q_k = H(p) + KL(p ‖ q) >= H(p).
+
+    The average surprise -log q(x) of outcomes drawn from p. Infinite where q_k = 0 < p_k.
+    ``p`` and ``q`` broadcast; (..., K) -> (...).
+    """
+    p, q = _check_distribution("p", p, axis), _check_distribution("q", q, axis)
+    return -jnp.sum(xlogy(p, q), axis=axis)
+
+
+def kl_categorical(p: jax.Array, q: jax.Array, axis: int = -1) -> jax.Array:
+    """KL(p ‖ q) = Σ_k p_k log(p_k / q_k) >= 0 in nats, with 0 log 0 = 0. (..., K) -> (...)."""
+    p, q = _check_distribution("p", p, axis), _check_distribution("q", q, axis)
+    return jnp.sum(xlogy(p, p) - xlogy(p, q), axis=axis)
+
+
+# --------------------------------------------------------------------------- Bayesian networks
+
+
+@partial(jax.tree_util.register_dataclass, data_fields=["cpts"], meta_fields=["parents", "names"])
+@dataclass(frozen=True, eq=False)
+class BayesNet:
+    """A discrete Bayesian network: a DAG and one conditional probability table per node.
+
+    ``parents[i]`` is the tuple of node i's parents (indices into the nodes, any order of
+    nodes as long as the graph is acyclic). ``cpts[i]`` has shape
+    ``(card[parents[i][0]], ..., card[parents[i][-1]], card[i])`` and holds
+    ``P(x_i = s | x_parents = (a, ..., z)) = cpts[i][a, ..., z, s]``: each slice along the
+    last axis sums to 1. ``card[i] = cpts[i].shape[-1]``. ``names`` labels the nodes (for
+    printing). A pytree whose leaves are the tables, so it passes through ``jit``.
+    Build it with :func:`bayes_net`, which checks all of this.
+    """
+
+    parents: tuple
+    cpts: tuple
+    names: tuple = ()
+
+    @property
+    def cards(self) -> tuple:
+        """Number of states of every node, (V,)."""
+        return tuple(int(c.shape[-1]) for c in self.cpts)
+
+
+def topological_order(parents) -> tuple:
+    """An order of the nodes with every parent before its children (Kahn's algorithm).
+
+    Ties are broken by the smallest index, so the order is deterministic. Raises
+    ValueError naming ``parents`` when the graph has a cycle (a Bayesian network is a DAG).
+    """
+    n = len(parents)
+    waiting = [len(set(p)) for p in parents]
+    children = [[] for _ in range(n)]
+    for child, ps in enumerate(parents):
+        for p in set(ps):
+            children[p].append(child)
+    ready, order = sorted(i for i in range(n) if waiting[i] == 0), []
+    while ready:
+        node = ready.pop(0)
+        order.append(node)
+        for c in children[node]:
+            waiting[c] -= 1
+            if waiting[c] == 0:
+                ready.append(c)
+        ready.sort()
+    if len(order) < n:
+        stuck = sorted(set(range(n)) - set(order))
+        raise ValueError(f"parents: the graph has a directed cycle through nodes {stuck}; "
+                         "a Bayesian network must be acyclic")
+    return tuple(order)
+
+
+def _check_structure(parents, cpts) -> None:
+    """Shapes and graph of a network (static: works under jit)."""
+    n = len(parents)
+    if len(cpts) != n:
+        raise ValueError(f"cpts must hold one table per node: {n} nodes in parents, {len(cpts)} tables")
+    for i, ps in enumerate(parents):
+        for p in ps:
+            if not isinstance(p, (int, np.integer)) or not 0 <= p < n:
+                raise ValueError(f"parents[{i}] names {p!r}, not a node index in [0, {n})")
+            if p == i:
+                raise ValueError(f"parents[{i}] lists node {i} itself: a self-loop is a cycle")
+        if len(set(ps)) != len(ps):
+            raise ValueError(f"parents[{i}] = {tuple(ps)} lists a parent twice")
+    topological_order(parents)
+    cards = [c.shape[-1] if c.ndim else 0 for c in cpts]
+    for i, (ps, table) in enumerate(zip(parents, cpts)):
+        want = tuple(cards[p] for p in ps)
+        if table.ndim != len(ps) + 1 or table.shape[:-1] != want or table.shape[-1] < 1:
+            raise ValueError(f"cpts[{i}] must have shape (parents' states..., own states) = "
+                             f"{want + ('card',)} for parents {tuple(ps)}, got {table.shape}")
+
+
+def _checked(net: BayesNet) -> BayesNet:
+    """The network with jnp tables, after structural and (when concrete) value checks."""
+    if not isinstance(net, BayesNet):
+        raise ValueError(f"net must be a BayesNet (see prob.bayes_net), got {type(net).__name__}")
+    cpts = tuple(jnp.asarray(c) for c in net.cpts)
+    _check_structure(net.parents, cpts)
+    for i, table in enumerate(cpts):
+        _check_distribution(f"cpts[{i}]", table)
+    return BayesNet(net.parents, cpts, net.names)
+
+
+def bayes_net(parents, cpts, names=None) -> BayesNet:
+    """Build and validate a :class:`BayesNet`.
+
+    ``parents``: a sequence of V sequences of node indices; ``cpts``: V arrays (see
+    :class:`BayesNet` for their shapes); ``names``: V labels (default ``X0, X1, ...``).
+    Raises ValueError naming the argument for a cycle, a shape that does not match the
+    parents' numbers of states, or a table with NaN, negative or unnormalised rows.
+    """
+    parents = tuple(parents)
+    for i, ps in enumerate(parents):
+        if not isinstance(ps, (tuple, list)):
+            raise ValueError(f"parents[{i}] must be a tuple of node indices (() for a root), got {ps!r}")
+    parents = tuple(tuple(int(p) if isinstance(p, (int, np.integer)) else p for p in ps) for ps in parents)
+    cpts = tuple(jnp.asarray(c) for c in cpts)
+    cpts = tuple(c if jnp.issubdtype(c.dtype, jnp.floating) else c.astype(jnp.float32) for c in cpts)
+    names = tuple(names) if names is not None else tuple(f"X{i}" for i in range(len(parents)))
+    if len(names) != len(parents):
+        raise ValueError(f"names must label the {len(parents)} nodes, got {len(names)} names")
+    return _checked(BayesNet(parents, cpts, names))
+
+
+def _broadcast_cpt(table: jax.Array, axes: tuple, n: int) -> jax.Array:
+    """A table over the nodes ``axes`` reshaped to broadcast against the (card_0, ..., card_{n-1}) joint."""
+    order = sorted(range(len(axes)), key=lambda k: axes[k])
+    table = jnp.transpose(table, order)
+    shape = [1] * n
+    for axis, size in zip(sorted(axes), table.shape):
+        shape[axis] = size
+    return table.reshape(shape)
+
+
+def bn_joint(net: BayesNet) -> jax.Array:
+    """The full joint table by the network's factorisation, P(x) = Π_i P(x_i | x_parents(i)).
+
+    Returns shape (card_0, ..., card_{V-1}); it sums to 1. Its size is Π_i card_i, so this
+    is for small networks (exact inference by enumeration).
+    """
+    net = _checked(net)
+    n = len(net.parents)
+    joint = jnp.ones((), dtype=net.cpts[0].dtype if n else jnp.float32)
+    for i, table in enumerate(net.cpts):
+        joint = joint * _broadcast_cpt(table, net.parents[i] + (i,), n)
+    return joint
+
+
+def _cpt_rows(table: jax.Array, parent_values: tuple) -> jax.Array:
+    """The CPT rows selected by each sample's parent values: (n, card_child)."""
+    if not parent_values:
+        return table[None, :]
+    return table[parent_values]
+
+
+def bn_sample(key: jax.Array, net: BayesNet, n: int) -> jax.Array:
+    """n ancestral samples: visit the nodes parents-first and draw x_i ~ P(x_i | sampled parents).
+
+    Vectorised over the n samples (one ``jax.random.categorical`` per node). Returns (n, V)
+    int32, column i holding node i's state.
+    """
+    net = _checked(net)
+    order = topological_order(net.parents)
+    keys = jax.random.split(key, max(len(order), 1))
+    columns = {}
+    for k, i in zip(keys, order):
+        rows = _cpt_rows(net.cpts[i], tuple(columns[p] for p in net.parents[i]))
+        columns[i] = jax.random.categorical(k, jnp.log(rows), axis=-1, shape=(n,)).astype(jnp.int32)
+    return jnp.stack([columns[i] for i in range(len(order))], axis=1)
+
+
+def _check_evidence(net: BayesNet, evidence, target=None) -> dict:
+    evidence = dict(evidence or {})
+    cards, n = net.cards, len(net.parents)
+    for node, value in evidence.items():
+        if not isinstance(node, (int, np.integer)) or not 0 <= node < n:
+            raise ValueError(f"evidence names node {node!r}, not a node index in [0, {n})")
+        if node == target:
+            raise ValueError(f"evidence fixes the target node {target}; query another node")
+        if not isinstance(value, (int, np.integer)) or not 0 <= value < cards[node]:
+            raise ValueError(f"evidence sets node {node} to {value!r}, outside its states "
+                             f"0..{cards[node] - 1}")
+    return {int(k): int(v) for k, v in evidence.items()}
+
+
+def bn_query(net: BayesNet, target: int, evidence: Mapping[int, int] | None = None) -> jax.Array:
+    """P(x_target | evidence) by enumeration: sum the joint over every other node.
+
+    P(t | e) = Σ_h P(t, h, e) / Σ_{t', h} P(t', h, e), with h the hidden nodes. ``target``
+    an int, ``evidence`` {node: state} (static Python ints). Returns (card_target,).
+    Raises ValueError when the evidence has probability 0.
+    """
+    net = _checked(net)
+    n = len(net.parents)
+    if not isinstance(target, (int, np.integer)) or not 0 <= target < n:
+        raise ValueError(f"target must be a node index in [0, {n}), got {target!r}")
+    evidence = _check_evidence(net, evidence, target)
+    joint = bn_joint(net)
+    index = tuple(evidence.get(i, slice(None)) for i in range(n))
+    restricted = joint[index]                      # axes: the nodes not in evidence, in order
+    free = [i for i in range(n) if i not in evidence]
+    unnormalised = jnp.sum(restricted, axis=tuple(k for k, i in enumerate(free) if i != target))
+    total = unnormalised.sum()
+    if _is_concrete(total) and not float(total) > 0:
+        raise ValueError(f"evidence {evidence} has probability 0 under this network")
+    return unnormalised / total
+
+
+def bn_likelihood_weighting(key: jax.Array, net: BayesNet, evidence: Mapping[int, int], n: int):
+    """n samples with the evidence nodes clamped, and their importance weights.
+
+    Non-evidence nodes are drawn ancestrally given the (sampled or clamped) parents; each
+    sample's weight is w = Π_{e in evidence} P(x_e = e | its parents). Then
+    P(t | e) ≈ Σ_s w_s [x_t^s = t] / Σ_s w_s. Returns samples (n, V) int32, weights (n,).
+    """
+    net = _checked(net)
+    evidence = _check_evidence(net, evidence)
+    order = topological_order(net.parents)
+    keys = jax.random.split(key, max(len(order), 1))
+    columns, weights = {}, jnp.ones((n,), dtype=net.cpts[0].dtype)
+    for k, i in zip(keys, order):
+        rows = _cpt_rows(net.cpts[i], tuple(columns[p] for p in net.parents[i]))
+        if i in evidence:
+            columns[i] = jnp.full((n,), evidence[i], dtype=jnp.int32)
+            weights = weights * jnp.broadcast_to(rows[:, evidence[i]], (n,))
+        else:
+            columns[i] = jax.random.categorical(k, jnp.log(rows), axis=-1, shape=(n,)).astype(jnp.int32)
+    return jnp.stack([columns[i] for i in range(len(order))], axis=1), weights
+
+
+def d_separated(parents, x: int, y: int, given=()) -> bool:
+    """Whether the graph alone guarantees x ⟂ y | given (d-separation; pure Python).
+
+    A path between x and y is blocked by a chain (a -> m -> b) or a fork (a <- m -> b) whose
+    middle m is observed, or by a collider (a -> m <- b) when neither m nor any descendant of
+    m is observed. Found by a reachability search over (node, direction of arrival).
+    """
+    n = len(parents)
+    given = set(int(g) for g in given)
+    for name, node in (("x", x), ("y", y)):
+        if not isinstance(node, (int, np.integer)) or not 0 <= node < n:
+            raise ValueError(f"{name} must be a node index in [0, {n}), got {node!r}")
+        if node in given:
+            raise ValueError(f"{name} = {node} is in given; ask about unobserved nodes")
+    if x == y:
+        raise ValueError(f"x and y must differ, got {x} twice")
+    if not all(0 <= g < n for g in given):
+        raise ValueError(f"given must name node indices in [0, {n}), got {sorted(given)}")
+    topological_order(parents)
+    children = [[] for _ in range(n)]
+    for c, ps in enumerate(parents):
+        for p in ps:
+            children[p].append(c)
+    has_observed_descendant, stack = set(), list(given)   # the observed nodes and their ancestors
+    while stack:
+        node = stack.pop()
+        if node not in has_observed_descendant:
+            has_observed_descendant.add(node)
+            stack.extend(parents[node])
+    # "up": arrived from a child (or the start); "down": arrived from a parent
+    seen, stack = set(), [(x, "up")]
+    while stack:
+        node, came = stack.pop()
+        if (node, came) in seen:
+            continue
+        seen.add((node, came))
+        if node == y:
+            return False
+        if came == "up" and node not in given:
+            stack += [(p, "up") for p in parents[node]] + [(c, "down") for c in children[node]]
+        elif came == "down":
+            if node not in given:                       # chain onwards through an unobserved node
+                stack += [(c, "down") for c in children[node]]
+            if node in has_observed_descendant:         # an open collider: back up to its parents
+                stack += [(p, "up") for p in parents[node]]
+    return True
+
+
+def _marginal_entropy(joint: jax.Array, keep: tuple) -> jax.Array:
+    """H of the marginal of ``joint`` over the axes ``keep`` (nats)."""
+    drop = tuple(a for a in range(joint.ndim) if a not in keep)
+    marginal = jnp.sum(joint, axis=drop) if drop else joint
+    return -jnp.sum(xlogy(marginal, marginal))
+
+
+def conditional_mutual_information(joint: jax.Array, a: int, b: int, given=()) -> jax.Array:
+    """I(A; B | C) in nats from a joint table over all variables (one axis per variable).
+
+    I(A; B | C) = H(A, C) + H(B, C) - H(A, B, C) - H(C) = KL(p(a, b, c) ‖ p(a|c) p(b|c) p(c)),
+    zero exactly when A ⟂ B | C. Clipped at 0 against rounding; in float32 an independence
+    shows as a value of about 1e-7.
+    """
+    joint = _check_distribution("joint", jnp.ravel(jnp.asarray(joint))).reshape(jnp.shape(joint))
+    given = tuple(int(g) for g in given)
+    axes = (a, b) + given
+    if len(set(axes)) != len(axes) or not all(0 <= v < joint.ndim for v in axes):
+        raise ValueError(f"a, b and given must be distinct axes of the {joint.ndim}-d joint, "
+                         f"got a={a}, b={b}, given={given}")
+    h = lambda *keep: _marginal_entropy(joint, keep)
+    value = h(a, *given) + h(b, *given) - h(a, b, *given) - (h(*given) if given else 0.0)
+    return jnp.maximum(value, 0.0)

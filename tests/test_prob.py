@@ -1,4 +1,7 @@
-"""Oracles for course_lib.prob: scipy densities, closed forms against Monte Carlo, sklearn QDA."""
+"""Oracles for course_lib.prob: scipy densities, closed forms against Monte Carlo, sklearn QDA,
+Bayesian networks against brute-force loops over every assignment."""
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -94,3 +97,251 @@ def test_sample_labelled_follows_the_model():
 def test_bad_input_is_named(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# --------------------------------------------------------------------------- entropy and KL
+
+
+def test_entropy_cross_entropy_kl_against_scipy_and_identities():
+    rng = np.random.default_rng(0)
+    p, q = rng.dirichlet(np.ones(6), size=5), rng.dirichlet(np.ones(6), size=5)
+    pj, qj = jnp.asarray(p, jnp.float32), jnp.asarray(q, jnp.float32)
+    np.testing.assert_allclose(prob.entropy(pj), stats.entropy(p, axis=-1), rtol=1e-5)
+    np.testing.assert_allclose(prob.kl_categorical(pj, qj), stats.entropy(p, q, axis=-1), rtol=1e-4, atol=1e-6)
+    # H(p, q) = H(p) + KL(p || q) >= H(p)
+    np.testing.assert_allclose(prob.cross_entropy(pj, qj), prob.entropy(pj) + prob.kl_categorical(pj, qj), rtol=1e-5)
+    assert bool(jnp.all(prob.cross_entropy(pj, qj) >= prob.entropy(pj)))
+    # bounds: 0 for a certain outcome (0 log 0 = 0), log K for the uniform, 1 bit for a fair coin
+    assert float(prob.entropy(jnp.array([0.0, 1.0, 0.0]))) == 0.0
+    np.testing.assert_allclose(prob.entropy(jnp.full(8, 1 / 8)) / np.log(2), 3.0, rtol=1e-6)
+    np.testing.assert_allclose(prob.entropy(jnp.array([0.5, 0.5])), np.log(2), rtol=1e-6)
+    assert float(prob.kl_categorical(pj[0], pj[0])) == pytest.approx(0.0, abs=1e-6)
+    assert np.isinf(float(prob.cross_entropy(jnp.array([0.5, 0.5]), jnp.array([1.0, 0.0]))))
+    # the axis argument and jit
+    np.testing.assert_allclose(jax.jit(prob.entropy, static_argnums=1)(pj.T, 0), prob.entropy(pj), rtol=1e-6)
+
+
+@pytest.mark.parametrize("p, match", [
+    (jnp.array([0.5, jnp.nan]), "NaN"),
+    (jnp.array([1.2, -0.2]), "negative"),
+    (jnp.array([0.5, 0.4]), "sum to 1"),
+    (jnp.array([1, 0]), "floating-point"),
+])
+def test_entropy_rejects_what_is_not_a_distribution(p, match):
+    with pytest.raises(ValueError, match=match):
+        prob.entropy(p)
+    with pytest.raises(ValueError, match="q "):
+        prob.cross_entropy(jnp.array([0.5, 0.5]), p)
+
+
+# --------------------------------------------------------------------------- Bayesian networks
+
+
+def sprinkler():
+    """Cloudy -> Sprinkler, Cloudy -> Rain, (Sprinkler, Rain) -> Wet grass."""
+    return prob.bayes_net(
+        [(), (0,), (0,), (1, 2)],
+        [np.array([0.5, 0.5]),
+         np.array([[0.6, 0.4], [0.9, 0.1]]),
+         np.array([[0.8, 0.2], [0.3, 0.7]]),
+         np.array([[[0.95, 0.05], [0.1, 0.9]], [[0.15, 0.85], [0.02, 0.98]]])],
+        names=("cloudy", "sprinkler", "rain", "wet"))
+
+
+def random_net(seed, max_nodes=5, max_card=3):
+    """A random DAG (nodes not listed in topological order), random cards and Dirichlet CPTs (float64)."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, max_nodes + 1))
+    rank = rng.permutation(n)                       # node rank[k] is the k-th in a hidden order
+    cards = rng.integers(2, max_card + 1, size=n)
+    parents = [()] * n
+    for k in range(n):
+        earlier = [int(rank[j]) for j in range(k) if rng.random() < 0.5]
+        parents[int(rank[k])] = tuple(rng.permutation(earlier).tolist()) if earlier else ()
+    cpts = [rng.dirichlet(np.ones(cards[i]), size=tuple(cards[p] for p in parents[i])) for i in range(n)]
+    return parents, cpts
+
+
+def joint_by_loops(parents, cpts):
+    """Oracle: the joint table filled one assignment at a time, Π_i cpt_i[parents' values, value_i]."""
+    cards = [c.shape[-1] for c in cpts]
+    joint = np.zeros(cards)
+    for x in itertools.product(*(range(c) for c in cards)):
+        value = 1.0
+        for i, ps in enumerate(parents):
+            value *= cpts[i][tuple(x[p] for p in ps) + (x[i],)]
+        joint[x] = value
+    return joint
+
+
+def query_by_loops(joint, target, evidence):
+    """Oracle: P(target | evidence) by summing matching assignments of a float64 joint."""
+    post = np.zeros(joint.shape[target])
+    for x in itertools.product(*(range(c) for c in joint.shape)):
+        if all(x[e] == v for e, v in evidence.items()):
+            post[x[target]] += joint[x]
+    return post / post.sum()
+
+
+def cmi_float64(joint, a, b, given):
+    """Oracle: I(A; B | C) = Σ p(a,b,c) log p(a,b,c) p(c) / (p(a,c) p(b,c)), float64."""
+    def marg(keep):
+        return joint.sum(axis=tuple(i for i in range(joint.ndim) if i not in keep), keepdims=True)
+    pabc, pc = marg((a, b, *given)), marg(tuple(given))
+    pac, pbc = marg((a, *given)), marg((b, *given))
+    ratio = np.divide(pabc * pc, pac * pbc, out=np.ones_like(pabc), where=pabc > 0)
+    return float(np.sum(pabc * np.log(ratio)))
+
+
+
+@given(seed=st.integers(0, 10_000))
+@settings(max_examples=15, deadline=None)
+def test_joint_and_query_match_brute_force_on_random_networks(seed):
+    parents, cpts = random_net(seed)
+    net = prob.bayes_net(parents, [c.astype(np.float32) for c in cpts])
+    oracle = joint_by_loops(parents, cpts)
+    joint = prob.bn_joint(net)
+    assert joint.shape == oracle.shape
+    np.testing.assert_allclose(joint, oracle, rtol=1e-5, atol=1e-7)
+    assert abs(float(joint.sum()) - 1.0) < 1e-5
+    rng = np.random.default_rng(seed)
+    target = int(rng.integers(len(parents)))
+    others = [i for i in range(len(parents)) if i != target]
+    evidence = {int(e): int(rng.integers(net.cards[e])) for e in rng.permutation(others)[: rng.integers(0, len(others) + 1)]}
+    np.testing.assert_allclose(prob.bn_query(net, target, evidence), query_by_loops(oracle, target, evidence),
+                               rtol=1e-4, atol=1e-6)
+
+
+@given(seed=st.integers(0, 10_000))
+@settings(max_examples=40, deadline=None)
+def test_independences_by_enumeration_match_d_separation(seed):
+    # Random CPTs are faithful to their graph (with probability 1): every d-connected pair is
+    # dependent. Checked for every pair and every conditioning set of the other nodes.
+    parents, cpts = random_net(seed, max_nodes=5)
+    oracle = joint_by_loops(parents, cpts)
+    n = len(parents)
+    for a, b in itertools.combinations(range(n), 2):
+        rest = [i for i in range(n) if i not in (a, b)]
+        for r in range(len(rest) + 1):
+            for given_set in itertools.combinations(rest, r):
+                cmi = cmi_float64(oracle, a, b, given_set)
+                separated = prob.d_separated(parents, a, b, given_set)
+                assert separated == (cmi < 1e-12), (parents, a, b, given_set, cmi)
+                assert separated == prob.d_separated(parents, b, a, given_set)   # symmetric
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_conditional_mutual_information_against_float64(seed):
+    parents, cpts = random_net(seed, max_nodes=4)
+    joint32 = prob.bn_joint(prob.bayes_net(parents, [c.astype(np.float32) for c in cpts]))
+    oracle = joint_by_loops(parents, cpts)
+    n = len(parents)
+    for a, b in itertools.combinations(range(n), 2):
+        rest = [i for i in range(n) if i not in (a, b)]
+        for given_set in [()] + [(g,) for g in rest] + [tuple(rest)]:
+            ours = float(prob.conditional_mutual_information(joint32, a, b, given_set))
+            assert ours >= 0 and abs(ours - cmi_float64(oracle, a, b, given_set)) < 1e-5
+
+
+def test_d_separation_chain_fork_collider():
+    chain, fork, collider = [(), (0,), (1,)], [(1,), (), (1,)], [(), (0, 2), ()]
+    assert not prob.d_separated(chain, 0, 2) and prob.d_separated(chain, 0, 2, [1])
+    assert not prob.d_separated(fork, 0, 2) and prob.d_separated(fork, 0, 2, [1])
+    assert prob.d_separated(collider, 0, 2) and not prob.d_separated(collider, 0, 2, [1])
+    # observing a descendant of the collider opens it too
+    collider_child = [(), (0, 2), (), (1,)]
+    assert prob.d_separated(collider_child, 0, 2) and not prob.d_separated(collider_child, 0, 2, [3])
+    net = sprinkler()
+    assert prob.d_separated(net.parents, 0, 3, [1, 2]) and not prob.d_separated(net.parents, 0, 3)
+
+
+def test_sprinkler_query_by_hand():
+    # P(rain = 1 | wet = 1) written out: Σ_c Σ_s P(c) P(s|c) P(r=1|c) P(w=1|s,r=1) / P(w=1)
+    pc = [0.5, 0.5]
+    ps = [[0.6, 0.4], [0.9, 0.1]]
+    pr = [[0.8, 0.2], [0.3, 0.7]]
+    pw1 = [[0.05, 0.9], [0.85, 0.98]]          # P(w = 1 | s, r)
+    num = {r: sum(pc[c] * ps[c][s] * pr[c][r] * pw1[s][r] for c in (0, 1) for s in (0, 1)) for r in (0, 1)}
+    by_hand = num[1] / (num[0] + num[1])
+    post = prob.bn_query(sprinkler(), 2, {3: 1})
+    np.testing.assert_allclose(post, [1 - by_hand, by_hand], rtol=1e-5)
+    # explaining away: learning that the sprinkler was on makes rain less likely
+    assert float(prob.bn_query(sprinkler(), 2, {3: 1, 1: 1})[1]) < by_hand
+
+
+def test_ancestral_sampling_frequencies_match_the_joint():
+    net = sprinkler()
+    n = 400_000
+    x = np.asarray(jax.jit(prob.bn_sample, static_argnums=2)(jax.random.key(0), net, n))
+    assert x.shape == (n, 4) and x.dtype == np.int32
+    joint = np.asarray(prob.bn_joint(net), np.float64)
+    counts = np.zeros(joint.shape)
+    np.add.at(counts, tuple(x.T), 1)
+    chi2 = stats.chisquare(counts.ravel(), joint.ravel() * n)
+    assert chi2.pvalue > 1e-3, chi2
+    assert np.max(np.abs(counts / n - joint)) < 4 * np.sqrt(0.25 / n)
+
+
+def test_sampling_respects_non_topological_node_order():
+    # node 0 has parent 2: the sampler must draw 2 first. A deterministic copy makes it visible.
+    net = prob.bayes_net([(2,), (), (1,)], [np.eye(2), np.array([0.3, 0.7]), np.array([[0.1, 0.9], [0.9, 0.1]])])
+    x = np.asarray(prob.bn_sample(jax.random.key(1), net, 10_000))
+    np.testing.assert_array_equal(x[:, 0], x[:, 2])
+    joint = np.asarray(prob.bn_joint(net))
+    np.testing.assert_allclose(joint.sum(axis=(1, 2)), [0.3 * 0.1 + 0.7 * 0.9, 0.3 * 0.9 + 0.7 * 0.1], rtol=1e-6)
+
+
+def test_likelihood_weighting_and_rejection_agree_with_enumeration():
+    net = sprinkler()
+    evidence = {1: 1, 3: 0}                     # sprinkler on, grass dry: a rare event
+    exact = float(prob.bn_query(net, 2, evidence)[1])
+    x, w = prob.bn_likelihood_weighting(jax.random.key(2), net, evidence, 200_000)
+    assert bool(jnp.all(x[:, 1] == 1)) and bool(jnp.all(x[:, 3] == 0))
+    lw = float(jnp.sum(w * (x[:, 2] == 1)) / jnp.sum(w))
+    assert abs(lw - exact) < 0.01
+    s = prob.bn_sample(jax.random.key(3), net, 400_000)
+    keep = (s[:, 1] == 1) & (s[:, 3] == 0)
+    rejection = float(s[keep, 2].mean())
+    assert abs(rejection - exact) < 4 * np.sqrt(exact * (1 - exact) / int(keep.sum()))
+
+
+def test_bayes_net_passes_through_jit():
+    net = sprinkler()
+    np.testing.assert_allclose(jax.jit(prob.bn_joint)(net), prob.bn_joint(net), rtol=1e-6)
+    query = jax.jit(prob.bn_query, static_argnums=(1, 2))
+    np.testing.assert_allclose(query(net, 2, ((3, 1),)), prob.bn_query(net, 2, {3: 1}), rtol=1e-6)
+
+
+GOOD = [np.array([0.5, 0.5]), np.array([[0.6, 0.4], [0.9, 0.1]])]
+
+
+@pytest.mark.parametrize("build, match", [
+    (lambda: prob.bayes_net([(), (0,)], [np.array([0.5, np.nan]), GOOD[1]]), r"cpts\[0\] has a NaN"),
+    (lambda: prob.bayes_net([(), (0,)], [GOOD[0], np.array([[0.6, 0.3], [0.9, 0.1]])]),
+     r"cpts\[1\] must sum to 1 .* slice at \(0,\) sums to 0.9"),
+    (lambda: prob.bayes_net([(), (0,)], [GOOD[0], np.array([[1.2, -0.2], [0.9, 0.1]])]), r"cpts\[1\] has a negative"),
+    (lambda: prob.bayes_net([(1,), (0,)], [GOOD[1], GOOD[1]]), "parents: the graph has a directed cycle"),
+    (lambda: prob.bayes_net([(), (1,)], GOOD), r"parents\[1\] lists node 1 itself"),
+    (lambda: prob.bayes_net([(), (0, 0)], [GOOD[0], np.full((2, 2, 2), 0.5)]), "lists a parent twice"),
+    (lambda: prob.bayes_net([(), (5,)], GOOD), r"parents\[1\] names 5"),
+    (lambda: prob.bayes_net([(), 0], GOOD), r"parents\[1\] must be a tuple"),
+    (lambda: prob.bayes_net([(), (0,)], [GOOD[0], np.full((3, 2), 0.5)]), r"cpts\[1\] must have shape .*\(2, 'card'\)"),
+    (lambda: prob.bayes_net([(), ()], GOOD), r"cpts\[1\] must have shape"),
+    (lambda: prob.bayes_net([(), (0,)], GOOD[:1]), "cpts must hold one table per node"),
+    (lambda: prob.bayes_net([(), (0,)], GOOD, names=["a"]), "names must label"),
+    (lambda: prob.bn_query(sprinkler(), 2, {3: 2}), "evidence sets node 3 to 2"),
+    (lambda: prob.bn_query(sprinkler(), 2, {7: 0}), "evidence names node 7"),
+    (lambda: prob.bn_query(sprinkler(), 2, {2: 1}), "evidence fixes the target"),
+    (lambda: prob.bn_query(sprinkler(), 4), "target must be a node index"),
+    (lambda: prob.bn_likelihood_weighting(jax.random.key(0), sprinkler(), {0: -1}, 10), "evidence sets node 0"),
+    (lambda: prob.bn_query(prob.bayes_net([(), (0,)], [np.array([1.0, 0.0]), np.eye(2)]), 0, {1: 1}),
+     "probability 0"),
+    (lambda: prob.bn_joint(GOOD), "net must be a BayesNet"),
+    (lambda: prob.d_separated([(), (0,)], 0, 0), "x and y must differ"),
+    (lambda: prob.d_separated([(), (0,)], 0, 1, [1]), "y = 1 is in given"),
+    (lambda: prob.d_separated([(1,), (0,)], 0, 1), "cycle"),
+    (lambda: prob.conditional_mutual_information(jnp.full((2, 2), 0.25), 0, 0), "distinct axes"),
+])
+def test_bad_networks_and_queries_are_named(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
