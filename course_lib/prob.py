@@ -203,7 +203,7 @@ def entropy(p: jax.Array, axis: int = -1) -> jax.Array:
     bits. 0 <= H(p) <= log K, with 0 for a certain outcome and log K for the uniform one.
     """
     p = _check_distribution("p", p, axis)
-    return -jnp.sum(xlogy(p, p), axis=axis)
+    return 0.0 - jnp.sum(xlogy(p, p), axis=axis)     # 0 - 0 = +0: a certain outcome prints 0, not -0
 
 
 def cross_entropy(p: jax.Array, q: jax.Array, axis: int = -1) -> jax.Array:
@@ -213,7 +213,7 @@ def cross_entropy(p: jax.Array, q: jax.Array, axis: int = -1) -> jax.Array:
     ``p`` and ``q`` broadcast; (..., K) -> (...).
     """
     p, q = _check_distribution("p", p, axis), _check_distribution("q", q, axis)
-    return -jnp.sum(xlogy(p, q), axis=axis)
+    return 0.0 - jnp.sum(xlogy(p, q), axis=axis)
 
 
 def kl_categorical(p: jax.Array, q: jax.Array, axis: int = -1) -> jax.Array:
