@@ -122,9 +122,13 @@ sync: $(VENV)/.installed
 ## bench: course_lib against the peer libraries, table into bench/README.md
 ## (PyTorch, the peer of the network benchmarks, lives in its own venv: .venv-torch)
 TORCH_PY := .venv-torch/bin/python
+## The CPU build (+cpu, from PyTorch's CPU index): PyPI's Linux wheel of the same version is the
+## CUDA build, several GB, and not the build the table names.
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 .venv-torch/.installed:
 	$(PYTHON) -m venv .venv-torch
-	$(TORCH_PY) -m pip install --quiet torch==2.13.0 "numpy<3"
+	$(TORCH_PY) -m pip install --quiet --extra-index-url $(TORCH_CPU_INDEX) "torch==2.13.0+cpu" "numpy<3"
+	$(TORCH_PY) -c 'import torch, sys; sys.exit(0 if torch.version.cuda is None else "bench: torch is a CUDA build, expected +cpu")'
 	touch $@
 
 ## dynamax (the JAX peer of the HMM benchmark) in its own venv: the course stack plus dynamax

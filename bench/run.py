@@ -20,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from common import markdown_table  # noqa: E402
+from common import markdown_table, summary  # noqa: E402
 
 TOPICS = ["gmm", "hmm", "ar", "nets"]
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -53,7 +53,8 @@ def main(argv=None) -> int:
         readme = HERE / "README.md"
         text = readme.read_text()
         stamp = time.strftime("%Y-%m-%d")
-        block = f"{BEGIN}\nMeasured {stamp} on {machine()}.\n\n{table}\n{END}"
+        block = (f"{BEGIN}\nMeasured {stamp} on {machine()}.\n\n{table}\n\n"
+                 f"In this run:\n\n{summary(rows)}\n{END}")
         head, _, rest = text.partition(BEGIN)
         _, _, tail = rest.partition(END)
         readme.write_text(head + block + tail)

@@ -80,7 +80,7 @@ def real_array(x, name: str, *, ndim: int | tuple[int, ...] | None = None,
         want = " or ".join(f"{d}-D" for d in dims)
         raise ValueError(f"{name} must be {want}, got shape {tuple(x.shape)}")
     target = dtype or (x.dtype if np.issubdtype(x.dtype, np.floating) else jnp.result_type(float))
-    out = jnp.asarray(x, dtype=target)
+    out = jnp.asarray(x, dtype=jax.dtypes.canonicalize_dtype(target))   # float64 only under x64
     if finite and is_concrete(out) and not bool(jnp.all(jnp.isfinite(out))):
         raise ValueError(f"{name} contains NaN or infinite values")
     return out

@@ -16,6 +16,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import settings
+
+# Hypothesis draws its examples from a fixed seed (derandomize), so that a run in CI or on a
+# learner's laptop tests exactly what the last green run tested, and a failure reproduces.
+# HYPOTHESIS_PROFILE=explore draws fresh random examples (authors hunting for new failures).
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("explore", deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"

@@ -80,7 +80,8 @@ FALLBACK_LINE = (r"full scale needs mnist, which could not be fetched \(are you 
 # and the model sizes of the full scale are kept unless named here.
 RUNS = [
     Run("01_probability",
-        {"mc_max_samples": 20_000, "mle_steps": 20, "logreg_steps": 50, "new_points": 300},
+        {"mc_max_samples": 20_000, "mle_steps": 20, "logreg_steps": 50, "new_points": 300,
+         "bn_samples": 200_000, "n_splits": 10},
         may_fail={
             # 20 steps of gradient ascent do not reach the closed-form MLE to 1e-3
             "6134c60a": r"assert abs\(float\(params\[0\] - mu_hat\)\) < 1e-3",
@@ -95,6 +96,8 @@ RUNS = [
             "7eca2994": r"assert best\.log_likelihoods\[-1\] >= ll_truth",
             # ... and recover the 2-state parameters only roughly (0.11 off here, 0.12 allowed)
             "51080029": r"assert np\.allclose\(learned2\.(transition|emission), two_state\.",
+            # ... and 2 restarts of 4 iterations need not trace the flat ridge the notebook shows
+            "9559ed6f": r"assert (min\(walk\)|abs\(walk\[-1\] - walk\[0\]\))",
         }),
     Run("04_autoregressive",
         {"stationary_check_steps": 50_000, "shakespeare_chars": 200_000, "sample_chars": 40,
@@ -119,10 +122,13 @@ RUNS = [
         },
         label="mnist_small"),
     Run("06_rnn_lstm_gru",
-        {"steps": 3, "eval_every": 3, "batch_size": 8, "val_chars": 5_000, "sample_len": 40},
+        {"steps": 3, "eval_every": 3, "batch_size": 8, "val_chars": 5_000, "sample_len": 40,
+         "sens_windows": 1},
         may_fail={
             # 3 steps: no model beats the bigram yet, and LSTM/GRU need not beat the RNN
             "d4f37473": r"assert (loss < bigram_xent|min\(final_val)",
+            # ... and 3 steps do not change how far back the gradients reach as 8000 do
+            "cc0c0047": r"assert all\(claims\.values\(\)\)",
         }),
 ]
 

@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import os
 import re
 import sys
 import tomllib
@@ -126,12 +127,32 @@ def test_every_declared_range_is_admissible():
     colab = colab_installed()
     assert {"jax", "flax", "optax", "numpy"} <= colab
     for name, spec in declared_requirements().items():
-        operators = [s.operator for s in spec]
-        assert operators.count(">=") == 1, f"{name}: {spec} needs one lower bound (>=)"
-        if name in colab:
-            assert operators == [">="], f"{name}: {spec}: installed on Colab, so a lower bound only"
-        else:
-            assert set(operators) == {">=", "<"}, f"{name}: {spec} needs a lower and an upper bound"
+        check_range(name, spec, on_colab=name in colab)
+
+
+def check_range(name: str, spec: SpecifierSet, *, on_colab: bool) -> None:
+    """One lower bound, an upper bound unless Colab installs it, and a non-empty range: the
+    lower bound itself must satisfy the whole specifier (``>=2,<1`` admits nothing)."""
+    operators = [s.operator for s in spec]
+    assert operators.count(">=") == 1, f"{name}: {spec} needs one lower bound (>=)"
+    if on_colab:
+        assert operators == [">="], f"{name}: {spec}: installed on Colab, so a lower bound only"
+    else:
+        assert sorted(operators) == ["<", ">="], f"{name}: {spec} needs a lower and an upper bound"
+    assert lower_bound(spec) in spec, f"{name}: {spec} admits no version, not even its lower bound"
+
+
+@pytest.mark.parametrize("spec, on_colab, expected", [
+    (">=2,<1", False, "admits no version"),
+    (">=2,<2", False, "admits no version"),
+    (">=2,!=2", True, "lower bound only"),
+    (">=2,!=2", False, "lower and an upper"),
+    ("<3", False, "one lower bound"),
+])
+def test_range_check_fails_on_bad_ranges(spec, on_colab, expected):
+    with pytest.raises(AssertionError, match=expected):
+        check_range("pkg", SpecifierSet(spec), on_colab=on_colab)
+    check_range("pkg", SpecifierSet(">=2" if on_colab else ">=2,<3"), on_colab=on_colab)
 
 
 def pins(filename: str) -> dict[str, Version]:
@@ -265,3 +286,18 @@ def test_github_pages_publishes_the_book_built_by_make_book():
     uploads = [step for step in steps if step.get("uses", "").startswith("actions/upload-pages-artifact@")]
     assert uploads and uploads[0]["with"]["path"] == "_build/html"
     assert any(step.get("uses", "").startswith("actions/deploy-pages@") for step in steps)
+
+
+def test_hypothesis_runs_derandomised_unless_asked_to_explore():
+    """CI and learners test the same examples as the last green run (tests/conftest.py)."""
+    from hypothesis import settings
+    if os.environ.get("HYPOTHESIS_PROFILE", "ci") == "ci":
+        assert settings.default.derandomize and settings.default.deadline is None
+
+
+def test_every_test_has_a_timeout():
+    """pytest-timeout is installed (the test extra) and configured in pyproject.toml."""
+    options = pyproject()["tool"]["pytest"]["ini_options"]
+    assert 0 < int(options["timeout"]) <= 1800
+    assert any(Requirement(r).name == "pytest-timeout"
+               for r in pyproject()["project"]["optional-dependencies"]["test"])

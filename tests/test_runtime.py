@@ -16,8 +16,24 @@ def test_detects_this_machine(monkeypatch):
     rt = runtime.detect()
     assert rt.backend == jax.default_backend()
     assert rt.device_count == len(jax.devices()) >= 1
-    expected = "full" if rt.backend in ("gpu", "tpu") else "small"
-    assert (rt.scale, rt.scale_source) == (expected, "auto")
+    assert rt.scale_source == "auto"
+    if rt.backend == "cpu":                 # CI and laptops; an accelerator is tested below
+        assert rt.scale == "small"
+
+
+class _FakeDevice:
+    device_kind = "Fake accelerator"
+
+
+@pytest.mark.parametrize("backend, scale", [("gpu", "full"), ("tpu", "full"), ("cpu", "small")])
+def test_detect_picks_the_scale_from_the_backend(monkeypatch, backend, scale):
+    """detect() on a machine whose JAX backend is a GPU or TPU (faked) chooses the full scale."""
+    monkeypatch.delenv(runtime.SCALE_ENV_VAR, raising=False)
+    monkeypatch.setattr(runtime.jax, "default_backend", lambda: backend)
+    monkeypatch.setattr(runtime.jax, "devices", lambda *a: [_FakeDevice(), _FakeDevice()])
+    rt = runtime.detect()
+    assert (rt.backend, rt.device_count, rt.device_kind) == (backend, 2, "Fake accelerator")
+    assert (rt.scale, rt.scale_source) == (scale, "auto")
 
 
 @pytest.mark.parametrize("env, arg, expected", [
