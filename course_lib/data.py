@@ -39,6 +39,16 @@ from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
 
+from course_lib import _validate
+
+__all__ = [
+    "DataError", "ImageSplit", "TabularSplit", "Series", "CharVocab",
+    "DATASETS", "OFFLINE_DATASETS", "FETCHABLE", "DATA_DIR_ENV_VAR", "SPLIT_SEED",
+    "load", "load_digits", "load_mnist_small", "load_iris", "load_series", "load_shakespeare",
+    "load_names", "fetch", "fetch_command", "is_fetched", "download_size",
+    "data_dir", "repo_root", "manifest", "sha256_of", "verified_path", "stratified_split",
+]
+
 DATA_DIR_ENV_VAR = "COURSE_DATA_DIR"
 PREPARE_HINT = "run `make data` (or `python data/prepare.py`) from the repository root"
 SPLIT_SEED = 0
@@ -104,6 +114,7 @@ def manifest() -> dict:
 
 
 def sha256_of(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (as data/manifest.json records them)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -132,9 +143,12 @@ def verified_path(filename: str, *, hint: str = PREPARE_HINT) -> Path:
 
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int = SPLIT_SEED):
     """Indices ``(train, test)`` holding ``test_fraction`` of every class out, seeded."""
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    rng = np.random.default_rng(seed)
+    test_fraction = _validate.real(test_fraction, "test_fraction", low=0.0, high=1.0,
+                                   low_open=True, high_open=True)
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be a 1-D integer array, got shape {labels.shape}, dtype {labels.dtype}")
+    rng = np.random.default_rng(_validate.count(seed, "seed", minimum=0))
     train, test = [], []
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)

@@ -44,6 +44,11 @@ from typing import Any, Iterable, Mapping
 
 import jax
 
+__all__ = [
+    "Runtime", "Config", "SCALES", "SCALE_ENV_VAR", "OVERRIDES_ENV_VAR",
+    "setup", "detect", "pick_config", "overrides_from_env",
+]
+
 SCALE_ENV_VAR = "COURSE_SCALE"
 OVERRIDES_ENV_VAR = "COURSE_OVERRIDES"
 SCALES = ("small", "full")

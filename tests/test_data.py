@@ -213,3 +213,15 @@ def test_missing_fetched_set_names_the_command_and_size(data_copy):
     assert data.FETCHABLE == ("mnist", "fashion_mnist") and not data.is_fetched("fashion_mnist")
     with pytest.raises(data.DataError, match="unknown dataset to fetch 'mnits'"):
         data.is_fetched("mnits")
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, float("nan"), "0.2", True, -0.1])
+def test_stratified_split_refuses_a_bad_fraction_by_name(fraction):
+    with pytest.raises(ValueError, match="test_fraction"):
+        data.stratified_split(np.array([0, 1, 0, 1]), fraction)
+
+
+@pytest.mark.parametrize("labels", [np.array([0.0, 1.0]), np.array([[0, 1]]), np.array(["a", "b"])])
+def test_stratified_split_refuses_labels_that_are_not_1d_integers(labels):
+    with pytest.raises(ValueError, match="labels"):
+        data.stratified_split(labels, 0.5)
