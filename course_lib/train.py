@@ -1,4 +1,4 @@
-"""The course's training loop: Flax NNX + optax, compiled steps, exact resume, clear failures.
+"""The course's training loops: Flax NNX + optax, compiled steps, exact resume, clear failures.
 
 One call trains a model in place::
 
@@ -11,7 +11,7 @@ One call trains a model in place::
 
 * ``loss_fn(model, batch, key) -> (loss, metrics)``: ``batch`` is the tuple of arrays of one
   mini-batch, ``key`` the PRNG key of this step (for dropout: ``model(x, rngs=key)``),
-  ``metrics`` a dict of scalars to average (it may be empty).
+  ``metrics`` a dict of scalars to average (it may be empty; ``"loss"`` is reserved).
 * Learning-rate schedules and gradient clipping are part of the optax transformation the
   caller passes (as above); ``fit`` adds nothing to it.
 * Randomness is explicit: ``key`` is split (:func:`fit_keys`) into a data key (which example
@@ -21,6 +21,20 @@ One call trains a model in place::
 * Steps are counted from 0; ``history["step"]`` holds the number of steps completed.
 * NaN/Inf stops the run with :class:`TrainingDiverged` naming the step; checkpoint problems
   raise :class:`CheckpointError`. ``fit`` leaves the model in eval mode.
+* The compiled steps are cached per ``loss_fn`` (weakly: dropping the function frees them),
+  so a second ``fit`` with the same ``loss_fn``, the same optax object and models of the same
+  architecture does not trace or compile again.
+
+:func:`loop` is the same loop for any state and any step (two players of a GAN, a VAE's
+reparameterised step, k discriminator steps per generator step)::
+
+    state = {"g": generator, "d": critic, "g_opt": nnx.Optimizer(generator, tx_g, wrt=nnx.Param),
+             "d_opt": nnx.Optimizer(critic, tx_d, wrt=nnx.Param)}
+    result = train.loop(state, update, (x_train,), steps=5000, batch_size=64,
+                        key=jax.random.key(0), checkpoint_dir="runs/gan")
+
+with ``update(state, batch, key, step) -> metrics`` (see :func:`loop`). ``fit`` is
+``loop`` with the step :func:`make_train_step` compiles from ``loss_fn``.
 """
 from __future__ import annotations
 
@@ -28,8 +42,9 @@ import hashlib
 import json
 import math
 import os
-import shutil
+import types
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple
 
@@ -40,18 +55,22 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
+from course_lib import _validate
+
 Array = jax.Array
 LossFn = Callable[[nnx.Module, tuple, Array], tuple[Array, dict[str, Array]]]
+UpdateFn = Callable[[Any, tuple, Array, int], dict[str, Array]]
+EvalFn = Callable[[Any, tuple, Array], dict[str, Array]]
 
 __all__ = [
-    "fit", "FitResult", "batch_at", "TrainingDiverged", "CheckpointError", "cross_entropy",
-    "accuracy", "save_model", "load_model", "make_train_step", "make_eval_step",
-    "latest_checkpoint_step", "fit_keys",
+    "fit", "loop", "FitResult", "batch_at", "TrainingDiverged", "CheckpointError",
+    "cross_entropy", "accuracy", "save_model", "load_model", "make_train_step",
+    "make_eval_step", "latest_checkpoint_step", "fit_keys",
 ]
 
 
 class TrainingDiverged(FloatingPointError, RuntimeError):
-    """The loss or the gradients became NaN or infinite."""
+    """The loss, a metric, a gradient or a parameter became NaN or infinite."""
 
 
 class CheckpointError(RuntimeError):
@@ -59,13 +78,15 @@ class CheckpointError(RuntimeError):
 
 
 class FitResult(NamedTuple):
-    """What :func:`fit` returns (the model itself is trained in place).
+    """What :func:`fit` and :func:`loop` return (the model or state is trained in place).
 
     Attributes:
       history: lists of equal length, one entry per period of ``eval_every`` steps:
-        ``"step"`` (steps completed), ``"train_loss"`` and ``"train_<metric>"`` (averaged
-        over the period), and with ``eval_data`` ``"eval_loss"``, ``"eval_<metric>"``.
-      best_step: steps completed at the lowest eval loss (None without eval data).
+        ``"step"`` (steps completed), ``"train_<metric>"`` for each metric of the steps
+        (``"train_loss"`` for ``fit``; averaged over the period), and with evaluation
+        ``"eval_<metric>"``.
+      best_step: steps completed at the lowest monitored eval metric (``fit``: the eval
+        loss; None without evaluation).
       stopped_early: whether early stopping ended the run.
       steps_done: steps completed (``steps`` unless stopped early).
     """
@@ -77,33 +98,53 @@ class FitResult(NamedTuple):
 
 
 # ------------------------------------------------------------------------------- losses
+def _logits_and_labels(logits, labels) -> tuple[Array, Array]:
+    """Checked ``(logits (..., C), labels (...))``: real logits without NaN, integer labels
+    in ``[0, C)`` (values checked when concrete, i.e. not under ``jit``)."""
+    if not isinstance(logits, jax.Array):
+        logits = jnp.asarray(_as_numeric(logits, "logits"))
+    logits = _validate.real_array(logits, "logits", finite=False)   # -inf (a mask) is allowed
+    if logits.ndim < 1 or logits.shape[-1] < 1:
+        raise ValueError(f"logits must have a class axis (..., C) with C >= 1, got shape "
+                         f"{tuple(logits.shape)}")
+    if _validate.is_concrete(logits) and bool(jnp.any(jnp.isnan(logits))):
+        raise ValueError("logits contains NaN")
+    if np.shape(labels) != logits.shape[:-1]:
+        raise ValueError(f"labels must have shape logits.shape[:-1] = {logits.shape[:-1]}, "
+                         f"got {np.shape(labels)}")
+    labels = _validate.ids(labels, "labels", logits.shape[-1], what="classes")
+    return logits, labels
+
+
 def cross_entropy(logits: Array, labels: Array) -> Array:
     """Mean softmax cross-entropy ``-mean(log softmax(logits)[label])``.
 
-    ``logits (..., C)`` floats, ``labels (...)`` integer class ids in ``[0, C)``.
+    ``logits (..., C)`` floats, ``labels (...)`` integer class ids in ``[0, C)``. Concrete
+    labels outside ``[0, C)`` and NaN logits raise ``ValueError`` (under ``jit`` only shapes
+    and dtypes can be checked).
     """
-    if logits.shape[:-1] != labels.shape:
-        raise ValueError(f"labels must have shape logits.shape[:-1] = {logits.shape[:-1]}, "
-                         f"got {labels.shape}")
-    if not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise ValueError(f"labels must be integer class ids, got dtype {labels.dtype}")
+    logits, labels = _logits_and_labels(logits, labels)
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
 def accuracy(logits: Array, labels: Array) -> Array:
-    """Fraction of positions where ``argmax(logits) == labels``."""
-    if logits.shape[:-1] != labels.shape:
-        raise ValueError(f"labels must have shape logits.shape[:-1] = {logits.shape[:-1]}, "
-                         f"got {labels.shape}")
+    """Fraction of positions where ``argmax(logits) == labels`` (same checks as
+    :func:`cross_entropy`)."""
+    logits, labels = _logits_and_labels(logits, labels)
     return jnp.mean(jnp.argmax(logits, axis=-1) == labels)
 
 
-# ------------------------------------------------------------------------------- batches
+# ------------------------------------------------------------------------------- data
 def _as_key(key) -> Array:
     """Accept a typed key (``jax.random.key``) or a raw ``PRNGKey``; return a typed key."""
     if key is None:
         raise ValueError("key must be a JAX PRNG key, e.g. jax.random.key(0); got None")
-    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+    if not isinstance(key, jax.Array):
+        try:
+            key = jnp.asarray(key)
+        except (TypeError, ValueError):
+            raise ValueError(f"key must be a JAX PRNG key (jax.random.key(seed)), got "
+                             f"{key!r}") from None
     if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         if key.shape != ():
             raise ValueError(f"key must be a single PRNG key, got shape {key.shape}")
@@ -126,6 +167,34 @@ def _check_arrays(arrays, name: str) -> tuple:
     return tuple(arrays)
 
 
+def _as_numeric(a, name: str):
+    """``a`` as an array of numbers (bool, int or float): strings, objects and complex
+    numbers are refused with the argument's name."""
+    if not isinstance(a, jax.Array):
+        try:
+            a = np.asarray(a)
+        except (TypeError, ValueError) as err:      # ragged lists and the like
+            raise ValueError(f"{name} must be an array of numbers: {err}") from None
+    if np.dtype(a.dtype).kind not in "biuf":
+        raise ValueError(f"{name} must hold numbers (bool, int or float), got dtype {a.dtype}")
+    return a
+
+
+def _data(arrays, name: str) -> tuple[Array, ...]:
+    """Training or evaluation data: a tuple of numeric arrays sharing their first axis, with
+    no NaN or infinite value; returned as JAX arrays."""
+    arrays = _check_arrays(arrays, name)
+    out = []
+    for i, a in enumerate(arrays):
+        a = jnp.asarray(_as_numeric(a, f"{name}[{i}]"))
+        if jnp.issubdtype(a.dtype, jnp.floating) and not bool(jnp.all(jnp.isfinite(a))):
+            bad = int(np.argmax(~np.isfinite(np.asarray(a)).reshape(a.shape[0], -1).all(1)))
+            raise ValueError(f"{name}[{i}] contains NaN or infinite values (first at example "
+                             f"{bad})")
+        out.append(a)
+    return tuple(out)
+
+
 def _epoch_permutation(key: Array, epoch: int, n: int) -> np.ndarray:
     return np.asarray(jax.random.permutation(jax.random.fold_in(key, epoch), n))
 
@@ -140,21 +209,31 @@ def batch_at(arrays: tuple, batch_size: int, step: int, *, key) -> tuple:
     """
     arrays = _check_arrays(arrays, "arrays")
     n = np.shape(arrays[0])[0]
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-            or not 1 <= batch_size <= n:
-        raise ValueError(f"batch_size must be an int in [1, N={n}], got {batch_size!r}")
-    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
-        raise ValueError(f"step must be a non-negative int, got {step!r}")
-    per_epoch = n // batch_size
-    epoch, within = divmod(int(step), per_epoch)
-    idx = _epoch_permutation(_as_key(key), epoch, n)[within * batch_size:(within + 1) * batch_size]
+    batch_size = _validate.count(batch_size, "batch_size", maximum=n)
+    step = _validate.count(step, "step", minimum=0)
+    idx = _Batches(_as_key(key), n, batch_size).indices(step)
     return tuple(a[idx] for a in arrays)
 
 
+class _Batches:
+    """The example indices of each step (:func:`batch_at`), one permutation per epoch."""
+
+    def __init__(self, data_key: Array, n: int, batch_size: int):
+        self.key, self.n, self.batch_size = data_key, n, batch_size
+        self.per_epoch = n // batch_size
+        self.epoch, self.perm = -1, None
+
+    def indices(self, step: int) -> np.ndarray:
+        epoch, within = divmod(step, self.per_epoch)
+        if epoch != self.epoch:
+            self.epoch, self.perm = epoch, _epoch_permutation(self.key, epoch, self.n)
+        return self.perm[within * self.batch_size:(within + 1) * self.batch_size]
+
+
 def fit_keys(key) -> tuple[Array, Array, Array]:
-    """The three keys :func:`fit` derives from its ``key``: ``(data_key, step_key,
-    eval_key)`` = ``jax.random.split(key, 3)``. Batches are ``batch_at(..., key=data_key)``;
-    step ``t`` passes ``fold_in(step_key, t)`` to ``loss_fn``; evaluation chunk ``i`` gets
+    """The three keys :func:`fit` and :func:`loop` derive from their ``key``: ``(data_key,
+    step_key, eval_key)`` = ``jax.random.split(key, 3)``. Batches are ``batch_at(...,
+    key=data_key)``; step ``t`` gets ``fold_in(step_key, t)``; evaluation chunk ``i`` gets
     ``fold_in(eval_key, i)``. Separate keys keep batch order and dropout independent."""
     data_key, step_key, eval_key = jax.random.split(_as_key(key), 3)
     return data_key, step_key, eval_key
@@ -167,23 +246,83 @@ def _all_finite(tree) -> Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def make_train_step(loss_fn: LossFn):
-    """The compiled training step ``fit`` uses (exposed for benchmarks and for study).
+_finite = jax.jit(_all_finite)
 
-    ``step(model, optimizer, arrays, idx, step_key, step, healthy) -> (loss, metrics, finite,
-    healthy)``: gathers the batch ``arrays[idx]``, computes the loss and its gradient, and
-    applies the optimizer update in place, but only if the loss, every gradient and every
-    updated parameter are finite and no earlier step failed (``healthy``), so a diverged
-    run keeps the parameters from before its first bad step. The step's key is ``fold_in(step_key, step)``.
-    """
 
+def _checked_loss_output(out, what: str = "loss_fn"):
+    """``(loss, metrics)`` as ``loss_fn`` must return it (checked while tracing)."""
+    if not isinstance(out, (tuple, list)) or len(out) != 2 or not isinstance(out[1], dict):
+        raise ValueError(f"{what} must return (loss, metrics dict), got {type(out).__name__}")
+    loss, metrics = out
+    if np.shape(loss) != ():
+        raise ValueError(f"{what} must return a scalar loss, got shape {np.shape(loss)}")
+    if "loss" in metrics:
+        raise ValueError(f"{what}'s metrics dict must not use the name 'loss' (reserved for "
+                         "the loss itself)")
+    _check_metrics(metrics, f"{what}'s metrics")
+    return loss, metrics
+
+
+def _check_metrics(metrics, what: str) -> dict:
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{what} must be a dict of scalars, got {type(metrics).__name__}")
+    for name, value in metrics.items():
+        if not isinstance(name, str) or np.shape(value) != ():
+            raise ValueError(f"{what} must map names (str) to scalars; {name!r} has shape "
+                             f"{np.shape(value)}")
+    return metrics
+
+
+# Compiled steps per loss_fn. Keys are weak (a dropped loss_fn frees its steps) and the steps
+# reach loss_fn through a weak reference, so the cache keeps nothing alive by itself.
+_STEP_CACHE: "weakref.WeakKeyDictionary[Callable, dict[str, Callable]]" = weakref.WeakKeyDictionary()
+
+
+def _weak_caller(fn: Callable) -> Callable:
+    """``fn`` called through a weak reference when one can be made (a function, a partial, a
+    callable object); a bound method is held by :class:`weakref.WeakMethod`."""
+    try:
+        ref = weakref.WeakMethod(fn) if isinstance(fn, types.MethodType) else weakref.ref(fn)
+    except TypeError:                        # not weak-referenceable: hold it strongly
+        return fn
+
+    def call(*args):
+        target = ref()
+        if target is None:
+            raise RuntimeError("the loss_fn this step was compiled for no longer exists")
+        return target(*args)
+
+    return call
+
+
+def _steps_for(loss_fn: LossFn) -> dict[str, Callable]:
+    if not callable(loss_fn):
+        raise ValueError(f"loss_fn must be callable as loss_fn(model, batch, key), got "
+                         f"{type(loss_fn).__name__}")
+    try:
+        cached = _STEP_CACHE.get(loss_fn)
+    except TypeError:                        # unhashable or not weak-referenceable
+        cached = None
+    if cached is not None:
+        return cached
+    steps = {"train": _compile_train_step(_weak_caller(loss_fn)),
+             "eval": _compile_eval_step(_weak_caller(loss_fn))}
+    if not isinstance(loss_fn, types.MethodType):   # a bound method is a new object each time
+        try:
+            _STEP_CACHE[loss_fn] = steps
+        except TypeError:
+            pass
+    return steps
+
+
+def _compile_train_step(loss_fn: LossFn):
     @nnx.jit
     def train_step(model, optimizer, arrays, idx, step_key, step, healthy):
         batch = tuple(a[idx] for a in arrays)
         key = jax.random.fold_in(step_key, step)
 
         def objective(m):
-            return loss_fn(m, batch, key)
+            return _checked_loss_output(loss_fn(m, batch, key))
 
         (loss, metrics), grads = nnx.value_and_grad(objective, has_aux=True)(model)
         # a snapshot of the values (nnx.state returns references to the live variables)
@@ -199,32 +338,33 @@ def make_train_step(loss_fn: LossFn):
     return train_step
 
 
-def make_eval_step(loss_fn: LossFn):
-    """Compiled ``eval_step(model, batch, key) -> (loss, metrics)`` (no update)."""
-
+def _compile_eval_step(loss_fn: LossFn):
     @nnx.jit
     def eval_step(model, batch, key):
-        return loss_fn(model, batch, key)
+        return _checked_loss_output(loss_fn(model, batch, key))
 
     return eval_step
 
 
-def _evaluate(eval_step, model, arrays: tuple, chunk: int, key: Array) -> dict[str, float]:
-    """Loss and metrics over the whole eval set, in chunks of ``chunk`` examples, averaged
-    with each chunk weighted by its size (so the result is the mean over all examples)."""
-    n = arrays[0].shape[0]
-    sums: dict[str, Array] = {}
-    model.eval()
-    try:
-        for i, start in enumerate(range(0, n, chunk)):
-            batch = tuple(a[start:start + chunk] for a in arrays)
-            loss, metrics = eval_step(model, batch, jax.random.fold_in(key, i))
-            weight = batch[0].shape[0]
-            for name, value in {"loss": loss, **metrics}.items():
-                sums[name] = sums.get(name, 0.0) + weight * jnp.asarray(value, jnp.float32)
-    finally:
-        model.train()
-    return {name: float(total) / n for name, total in sums.items()}
+def make_train_step(loss_fn: LossFn):
+    """The compiled training step ``fit`` uses (exposed for benchmarks and for study).
+
+    ``step(model, optimizer, arrays, idx, step_key, step, healthy) -> (loss, metrics, finite,
+    healthy)``: gathers the batch ``arrays[idx]``, computes the loss and its gradient, and
+    applies the optimizer update in place, but only if the loss, every gradient and every
+    updated parameter are finite and no earlier step failed (``healthy``), so a diverged
+    run keeps the parameters from before its first bad step. The step's key is ``fold_in(step_key, step)``.
+
+    The same ``loss_fn`` gives the same compiled function (cached weakly), so it is traced
+    once per architecture, optimizer and batch shape, not once per call of ``fit``.
+    """
+    return _steps_for(loss_fn)["train"]
+
+
+def make_eval_step(loss_fn: LossFn):
+    """Compiled ``eval_step(model, batch, key) -> (loss, metrics)`` (no update; cached per
+    ``loss_fn`` like :func:`make_train_step`)."""
+    return _steps_for(loss_fn)["eval"]
 
 
 # ------------------------------------------------------------------------------- checkpoints
@@ -242,6 +382,12 @@ def _digest(leaves: Iterable) -> str:
     return h.hexdigest()
 
 
+def _meta_digest(meta: dict) -> str:
+    """Checksum of the metadata itself (JSON round-trips Python floats exactly)."""
+    body = {k: v for k, v in meta.items() if k != "meta_digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 def _ocp():
     import orbax.checkpoint as ocp  # imported lazily: orbax is slow to import
 
@@ -255,12 +401,13 @@ def _abstract(leaves):
 def _save_tree(checkpointer_or_manager, where, trees: dict[str, list], meta: dict) -> None:
     ocp = _ocp()
     meta = dict(meta, digest={k: _digest(v) for k, v in trees.items()})
+    meta["meta_digest"] = _meta_digest(meta)
     args = ocp.args.Composite(state=ocp.args.StandardSave(trees), meta=ocp.args.JsonSave(meta))
     checkpointer_or_manager.save(where, args=args, force=True)
 
 
-def _restore_tree(checkpointer_or_manager, where, templates: dict[str, list], what: str):
-    """Restore ``templates``-shaped leaf lists; every failure becomes a CheckpointError."""
+def _read_meta(checkpointer_or_manager, where, what: str) -> dict:
+    """The checkpoint's metadata, checked against its own checksum."""
     ocp = _ocp()
     try:
         meta = checkpointer_or_manager.restore(
@@ -268,8 +415,20 @@ def _restore_tree(checkpointer_or_manager, where, templates: dict[str, list], wh
     except Exception as err:  # orbax raises many kinds; all mean "cannot read it"
         raise CheckpointError(f"{what}: cannot read its metadata ({type(err).__name__}: "
                               f"{err}). The checkpoint is damaged or incomplete.") from err
-    if not isinstance(meta, dict) or "paths" not in meta or "digest" not in meta:
+    if not isinstance(meta, dict) or not {"paths", "shapes", "digest"} <= meta.keys():
         raise CheckpointError(f"{what}: metadata is missing or was not written by course_lib")
+    if meta.get("meta_digest") != _meta_digest(meta):
+        raise CheckpointError(f"{what}: its metadata fails its checksum: the checkpoint is "
+                              "damaged (or was written by an older course_lib).")
+    return meta
+
+
+def _restore_tree(checkpointer_or_manager, where, templates: dict[str, tuple], what: str,
+                  meta: dict | None = None):
+    """Restore ``templates``-shaped leaf lists; every failure becomes a CheckpointError."""
+    ocp = _ocp()
+    if meta is None:
+        meta = _read_meta(checkpointer_or_manager, where, what)
     for name, template in templates.items():
         leaves, paths = template
         saved_paths, saved_shapes = meta["paths"].get(name), meta["shapes"].get(name)
@@ -331,9 +490,14 @@ class _RunCheckpoints:
                    dict(meta, **_tree_meta(trees)))
         self.manager.wait_until_finished()
 
-    def restore(self, step: int, templates: dict):
-        return _restore_tree(self.manager, step, templates,
-                             f"checkpoint of step {step} in {self.directory}")
+    def what(self, step: int) -> str:
+        return f"checkpoint of step {step} in {self.directory}"
+
+    def meta(self, step: int) -> dict:
+        return _read_meta(self.manager, step, self.what(step))
+
+    def restore(self, step: int, templates: dict, meta: dict):
+        return _restore_tree(self.manager, step, templates, self.what(step), meta)
 
     def close(self) -> None:
         self.manager.close()
@@ -351,14 +515,22 @@ def latest_checkpoint_step(checkpoint_dir) -> int | None:
     return steps[-1] if steps else None
 
 
+def _check_module(model, name: str) -> None:
+    if not isinstance(model, nnx.Module):
+        raise ValueError(f"{name} must be an nnx.Module, got {type(model).__name__}")
+
+
 def save_model(model: nnx.Module, path) -> Path:
     """Save every variable of ``model`` with orbax under the folder ``path`` (overwriting it).
 
     Written to a temporary name and renamed when complete, so ``path`` always holds a whole
     model. Load it with :func:`load_model` into a model built the same way.
     """
+    _check_module(model, "model")
     ocp = _ocp()
     path = Path(path).absolute()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"path {path} is a regular file: save_model writes a folder there")
     leaves, paths = _leaves_and_paths(nnx.state(model))
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
         _save_tree(ckptr, path, {"model": leaves},
@@ -372,6 +544,7 @@ def load_model(model_template: nnx.Module, path) -> nnx.Module:
     ``model_template`` must be built with the same architecture (any weights); a missing,
     damaged or mismatching save raises :class:`CheckpointError`.
     """
+    _check_module(model_template, "model_template")
     ocp = _ocp()
     path = Path(path).absolute()
     if not path.is_dir():
@@ -386,106 +559,68 @@ def load_model(model_template: nnx.Module, path) -> nnx.Module:
     return model_template
 
 
-# ------------------------------------------------------------------------------- fit
-def _check_int(name: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return int(value)
+# ------------------------------------------------------------------------------- the loop's parts
+class _Settings(NamedTuple):
+    steps: int
+    batch_size: int
+    eval_every: int
+    patience: int | None
+    checkpoint_every: int | None
+    monitor: str
 
 
-def _diverged_message(step: int, loss: float) -> str:
-    return (f"training diverged at step {step} (counting from 0): the loss, a gradient or an "
-            f"updated parameter is NaN or infinite (loss = {loss:.4g}). The model keeps its "
-            "parameters from before that step. Try: a lower learning rate, gradient clipping "
-            "(optax.clip_by_global_norm(1.0) first in the optax chain), or check the inputs "
-            "and the loss for NaN/Inf (e.g. log(0) or division by zero).")
-
-
-def fit(model: nnx.Module, optimizer_tx: optax.GradientTransformation, loss_fn: LossFn,
-        train_data: tuple, *, steps: int, batch_size: int, key, eval_data: tuple | None = None,
-        eval_every: int = 0, patience: int | None = None,
-        checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int = 0,
-        resume: bool = False, progress: bool = True, desc: str = "train",
-        callback: Callable[[int], Any] | None = None) -> FitResult:
-    """Train ``model`` in place for ``steps`` optimizer steps; see the module docstring.
-
-    Args:
-      model: an ``nnx.Module``; put in train mode while training, eval mode to evaluate.
-      optimizer_tx: the optax transformation (schedules and clipping included).
-      loss_fn: ``loss_fn(model, batch, key) -> (loss, metrics dict)``.
-      train_data: tuple of arrays sharing the first axis N; batches come from :func:`batch_at`.
-      steps: total steps of the run (a resumed run continues up to this number).
-      batch_size: examples per step (also the chunk size of evaluation).
-      key: PRNG key; the same key gives the same numbers.
-      eval_data: optional tuple of arrays, evaluated whole (chunked, size-weighted mean).
-      eval_every: record (and evaluate) every this many steps; 0 means about 10 records
-        (``max(1, steps // 10)``). The last step is always recorded.
-      patience: early stopping: stop after this many evaluations in a row without a lower
-        eval loss. Needs ``eval_data``. With ``patience`` set, the model ends with the
-        parameters of its best evaluation (and ``best_step`` says which).
-      checkpoint_dir: folder of orbax checkpoints of this run; written every
-        ``checkpoint_every`` steps (0: only at the end) and at the end.
-      resume: continue from the newest checkpoint in ``checkpoint_dir`` (parameters,
-        optimizer state, step, key and history restored exactly). A missing or damaged
-        checkpoint raises :class:`CheckpointError`; so does a ``checkpoint_dir`` that already
-        holds checkpoints when ``resume`` is False (no silent overwrite).
-      progress: show a ``tqdm.auto`` bar with the live loss.
-      desc: the bar's label.
-      callback: called as ``callback(steps_completed)`` after every step (after any
-        evaluation and checkpoint of that step); raising from it stops the run.
-
-    Raises:
-      TrainingDiverged: the loss or a gradient became NaN/Inf (the message names the step).
-    """
-    # ---- arguments
-    steps = _check_int("steps", steps, 1)
-    train_data = tuple(jnp.asarray(a) for a in _check_arrays(train_data, "train_data"))
-    n = train_data[0].shape[0]
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-            or not 1 <= batch_size <= n:
-        raise ValueError(f"batch_size must be an int in [1, N={n}] (N = len(train_data[0])), "
-                         f"got {batch_size!r}")
-    key = _as_key(key)
-    if eval_data is not None:
-        eval_data = tuple(jnp.asarray(a) for a in _check_arrays(eval_data, "eval_data"))
-    eval_every = _check_int("eval_every", eval_every, 0) or max(1, steps // 10)
+def _settings(*, n: int, steps, batch_size, eval_every, patience, checkpoint_every, monitor,
+              has_eval: bool, needs_eval: str, checkpoint_dir, resume, progress, desc,
+              callback) -> _Settings:
+    """Every count and option of a run, checked before anything is traced or trained."""
+    steps = _validate.count(steps, "steps")
+    batch_size = _validate.count(batch_size, "batch_size", maximum=n)
+    eval_every = max(1, steps // 10) if eval_every is None else _validate.count(
+        eval_every, "eval_every")
     if patience is not None:
-        _check_int("patience", patience, 1)
-        if eval_data is None:
-            raise ValueError("patience (early stopping) needs eval_data to watch")
-    checkpoint_every = _check_int("checkpoint_every", checkpoint_every, 0)
+        patience = _validate.count(patience, "patience")
+        if not has_eval:
+            raise ValueError(f"patience (early stopping) needs {needs_eval} to watch")
+    if checkpoint_every is not None:
+        checkpoint_every = _validate.count(checkpoint_every, "checkpoint_every")
+    if not isinstance(monitor, str):
+        raise ValueError(f"monitor must be the name of an eval metric, got {monitor!r}")
+    for name, flag in (("resume", resume), ("progress", progress)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise ValueError(f"{name} must be True or False, got {flag!r}")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir (where the run was saved)")
-    if not isinstance(model, nnx.Module):
-        raise ValueError(f"model must be an nnx.Module, got {type(model).__name__}")
-    if not callable(loss_fn):
-        raise ValueError("loss_fn must be callable as loss_fn(model, batch, key)")
+    if not isinstance(desc, str):
+        raise ValueError(f"desc must be a string (the progress bar's label), got {desc!r}")
+    if callback is not None and not callable(callback):
+        raise ValueError(f"callback must be callable as callback(steps_completed), got "
+                         f"{type(callback).__name__}")
+    return _Settings(steps, batch_size, eval_every, patience, checkpoint_every, monitor)
 
-    data_key, step_key, eval_key = fit_keys(key)
-    optimizer = nnx.Optimizer(model, optimizer_tx, wrt=nnx.Param)
-    train_step, eval_step = make_train_step(loss_fn), make_eval_step(loss_fn)
 
-    history: dict[str, list[float]] = {"step": []}
-    period: list[tuple[Array, dict]] = []          # (loss, metrics) since the last record
-    start, best_step, best_loss, bad_evals = 0, None, math.inf, 0
-    best_state = None
-
-    def trees():
-        t = {"model": _leaves_and_paths(nnx.state(model)),
-             "optimizer": _leaves_and_paths(nnx.state(optimizer)),
-             "key": ([jax.random.key_data(key)], ["key"])}
-        if best_state is not None:
-            t["best"] = _leaves_and_paths(best_state)
-        return t
-
-    # ---- checkpoints
-    ckpts = None
-    if checkpoint_dir is not None:
+def _open_checkpoints(checkpoint_dir, resume: bool) -> _RunCheckpoints | None:
+    """The run's checkpoint folder, checked before any step: a regular file, a folder that
+    cannot be created, or (without ``resume``) old checkpoints there are refused."""
+    if checkpoint_dir is None:
+        return None
+    try:
         where = Path(checkpoint_dir).absolute()
-        if resume and not where.is_dir():
-            raise CheckpointError(f"resume=True but the checkpoint folder {where} does not "
-                                  "exist. Check the path, or pass resume=False to start fresh.")
-        ckpts = _RunCheckpoints(where, create=True)
+    except TypeError:
+        raise ValueError(f"checkpoint_dir must be a path, got {checkpoint_dir!r}") from None
+    if where.exists() and not where.is_dir():
+        raise ValueError(f"checkpoint_dir {where} is a regular file, not a folder: pass a "
+                         "folder (new or holding this run's checkpoints)")
+    if resume and not where.is_dir():
+        raise CheckpointError(f"resume=True but the checkpoint folder {where} does not "
+                              "exist. Check the path, or pass resume=False to start fresh.")
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"checkpoint_dir {where} cannot be created ({err})") from None
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise ValueError(f"checkpoint_dir {where} is not writable")
+    ckpts = _RunCheckpoints(where, create=True)
+    try:
         saved = ckpts.steps()
         if resume and not saved:
             leftovers = sorted(p.name for p in where.iterdir())
@@ -498,137 +633,433 @@ def fit(model: nnx.Module, optimizer_tx: optax.GradientTransformation, loss_fn: 
                 f"{where} already holds checkpoints (newest: step {saved[-1]}). Pass "
                 "resume=True to continue that run, or use an empty folder (or delete this "
                 "one) to start a new run.")
-        if resume:
-            last = saved[-1]
-            templates = trees()
-            ocp = _ocp()
-            try:
-                meta = ckpts.manager.restore(last, args=ocp.args.Composite(
-                    meta=ocp.args.JsonRestore()))["meta"]
-            except Exception as err:
-                raise CheckpointError(
-                    f"checkpoint of step {last} in {where}: cannot read its metadata "
-                    f"({type(err).__name__}: {err}). The checkpoint is damaged; delete that "
-                    f"step folder to resume from an earlier one ({saved[:-1] or 'none'}).") from err
-            if not isinstance(meta, dict) or "run" not in meta:
-                raise CheckpointError(f"checkpoint of step {last} in {where} was not written "
-                                      "by train.fit (no run metadata)")
-            run = meta["run"]
-            if run["n"] != n or run["batch_size"] != batch_size:
-                raise CheckpointError(
-                    f"checkpoint in {where} was written with N={run['n']}, batch_size="
-                    f"{run['batch_size']}; this call has N={n}, batch_size={batch_size}. "
-                    "Resume with the same data and batch size.")
-            if run["has_best"]:
-                best_state = nnx.state(model)  # template with the right structure
-                templates = trees()
-            restored, _ = ckpts.restore(last, templates)
-            saved_key = np.asarray(restored["key"][0])
-            if not np.array_equal(saved_key, np.asarray(jax.random.key_data(key))):
-                raise CheckpointError(
-                    f"the key passed to fit differs from the key of the run saved in {where}; "
-                    "pass the same key to resume it exactly.")
-            for name, target in (("model", model), ("optimizer", optimizer)):
-                structure = jax.tree.structure(nnx.state(target))
-                nnx.update(target, jax.tree.unflatten(structure, restored[name]))
-            if run["has_best"]:
-                best_state = jax.tree.unflatten(jax.tree.structure(best_state), restored["best"])
-            start, history = run["step"], run["history"]
-            best_step, bad_evals = run["best_step"], run["bad_evals"]
-            best_loss = math.inf if run["best_loss"] is None else run["best_loss"]
-            period[:] = [(np.float32(l), {k: np.float32(v) for k, v in m.items()})
-                         for l, m in run["period"]]
+    except BaseException:
+        ckpts.close()
+        raise
+    return ckpts
 
-    def save(step_done: int) -> None:
-        if ckpts is None:
-            return
-        run = {"step": step_done, "n": n, "batch_size": batch_size, "history": history,
-               "best_step": best_step, "bad_evals": bad_evals,
-               "best_loss": None if math.isinf(best_loss) else best_loss,
-               "has_best": best_state is not None,
-               # the current period's per-step values, so a resumed run averages the same
-               "period": [[float(l), {k: float(v) for k, v in m.items()}]
-                          for l, m in jax.device_get(period)]}
-        ckpts.save(step_done, trees(), {"run": run})
 
-    # ---- the loop
-    healthy = jnp.array(True)
-    pending: list[tuple[int, Array, Array]] = []   # (step, finite flag, loss) not yet checked
-    stopped_early = False
-    step_done = start
-    bar = tqdm(total=steps, initial=start, desc=desc, disable=not progress, leave=True)
-    model.train()
-    perm_epoch, perm = -1, None
-    per_epoch = n // batch_size
+def _modules(state) -> list:
+    """The NNX objects (modules, optimizers) of a state: one object or a dict/list/tuple."""
+    nodes = jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, nnx.Pytree))
+    if not nodes or not all(isinstance(x, nnx.Pytree) for x in nodes):
+        kinds = sorted({type(x).__name__ for x in nodes if not isinstance(x, nnx.Pytree)})
+        raise ValueError("state must be an NNX module or optimizer, or a dict/list/tuple of "
+                         f"them, got {type(state).__name__}" + (f" holding {kinds}" if kinds else ""))
+    return [x for x in nodes if isinstance(x, nnx.Module)]
 
-    def check_pending() -> None:
-        if not pending:
-            return
-        flags = np.asarray(jax.device_get([f for _, f, _ in pending]))
-        if not flags.all():
-            i = int(np.argmin(flags))
-            bad_step, bad_loss = pending[i][0], float(pending[i][2])
-            raise TrainingDiverged(_diverged_message(bad_step, bad_loss))
-        bar.set_postfix(loss=f"{float(pending[-1][2]):.4f}", refresh=False)
-        pending.clear()
 
+def _set_mode(modules: list, *, training: bool) -> None:
+    for m in modules:
+        m.train() if training else m.eval()
+
+
+def _evaluate(eval_fn: EvalFn, state, modules: list, arrays: tuple | None, chunk: int,
+              key: Array) -> dict[str, float]:
+    """Eval metrics: ``eval_fn`` on chunks of ``chunk`` examples, averaged with each chunk
+    weighted by its size (so the result is the mean over all examples); one call with
+    ``batch = ()`` without eval data. Modules are in eval mode meanwhile."""
+    n = 1 if arrays is None else arrays[0].shape[0]
+    starts = [None] if arrays is None else range(0, n, chunk)
+    sums: dict[str, Array] = {}
+    _set_mode(modules, training=False)
     try:
-        if start >= steps:
-            check_pending()
-        for step in range(start, steps):
-            epoch, within = divmod(step, per_epoch)
-            if epoch != perm_epoch:
-                perm_epoch, perm = epoch, _epoch_permutation(data_key, epoch, n)
-            idx = perm[within * batch_size:(within + 1) * batch_size]
-            loss, metrics, finite, healthy = train_step(
-                model, optimizer, train_data, idx, step_key, jnp.uint32(step), healthy)
-            pending.append((step, finite, loss))
-            period.append((loss, metrics))
-            step_done = step + 1
-            record = step_done % eval_every == 0 or step_done == steps
-            checkpoint = ckpts is not None and (
-                step_done == steps or (checkpoint_every and step_done % checkpoint_every == 0))
-            if record or checkpoint or len(pending) >= 10:
-                check_pending()
-            bar.update(1)
-            if record:
-                means = jax.device_get([(l, m) for l, m in period])
-                history["step"].append(step_done)
-                _append(history, "train_loss", float(np.mean([l for l, _ in means])))
-                for name in means[0][1]:
-                    _append(history, f"train_{name}", float(np.mean([m[name] for _, m in means])))
-                period.clear()
-                if eval_data is not None:
-                    ev = _evaluate(eval_step, model, eval_data, batch_size, eval_key)
-                    for name, value in ev.items():
-                        _append(history, f"eval_{name}", value)
-                    bar.set_postfix(loss=f"{history['train_loss'][-1]:.4f}",
-                                    eval_loss=f"{ev['loss']:.4f}", refresh=False)
-                    if ev["loss"] < best_loss:
-                        best_loss, best_step, bad_evals = ev["loss"], step_done, 0
-                        if patience is not None:
-                            best_state = jax.tree.map(jnp.copy, nnx.state(model))
-                    else:
-                        bad_evals += 1
-                    if patience is not None and bad_evals >= patience:
-                        stopped_early = True
-            if checkpoint or (stopped_early and ckpts is not None):
-                save(step_done)
-            if callback is not None:
-                callback(step_done)
-            if stopped_early:
-                break
-        check_pending()
+        for i, start in enumerate(starts):
+            batch = () if arrays is None else tuple(a[start:start + chunk] for a in arrays)
+            metrics = _check_metrics(eval_fn(state, batch, jax.random.fold_in(key, i)),
+                                     "eval_fn's result")
+            weight = batch[0].shape[0] if batch else 1
+            for name, value in metrics.items():
+                sums[name] = sums.get(name, 0.0) + weight * jnp.asarray(value, jnp.float32)
     finally:
-        bar.close()
-        if ckpts is not None:
-            ckpts.close()
-    if patience is not None and best_state is not None:
-        nnx.update(model, best_state)
-    model.eval()
-    return FitResult(history=history, best_step=best_step, stopped_early=stopped_early,
-                     steps_done=step_done)
+        _set_mode(modules, training=True)
+    return {name: float(total) / n for name, total in sums.items()}
 
 
 def _append(history: dict, name: str, value: float) -> None:
     history.setdefault(name, []).append(value)
+
+
+class _Record:
+    """History, the metrics of the current period, and early stopping."""
+
+    def __init__(self, settings: _Settings):
+        self.patience, self.monitor = settings.patience, settings.monitor
+        self.history: dict[str, list[float]] = {"step": []}
+        self.period: list[dict[str, Array]] = []     # each step's metrics since the last record
+        self.best_step, self.best_value, self.bad_evals = None, math.inf, 0
+        self.best_state = None
+        self.stopped_early, self.stop_reason = False, None
+
+    def close_period(self, step_done: int) -> dict[str, float]:
+        means = jax.device_get(self.period)
+        self.history["step"].append(step_done)
+        out = {}
+        for name in means[0]:
+            out[name] = float(np.mean([m[name] for m in means]))
+            _append(self.history, f"train_{name}", out[name])
+        self.period.clear()
+        return out
+
+    def add_eval(self, step_done: int, ev: dict[str, float], state) -> None:
+        for name, value in ev.items():
+            _append(self.history, f"eval_{name}", value)
+        if self.monitor not in ev:
+            if self.patience is not None:
+                raise ValueError(f"early stopping watches the eval metric {self.monitor!r} "
+                                 f"(monitor), but the evaluation returned only {sorted(ev)}")
+            return
+        value = ev[self.monitor]
+        if math.isnan(value):
+            raise TrainingDiverged(f"the evaluation after step {step_done} gave eval "
+                                   f"{self.monitor} = nan")
+        if value < self.best_value:
+            self.best_value, self.best_step, self.bad_evals = value, step_done, 0
+            if self.patience is not None:
+                self.best_state = jax.tree.map(jnp.copy, nnx.state(state))
+        else:
+            self.bad_evals += 1
+        if self.patience is not None and self.bad_evals >= self.patience:
+            self.stopped_early = True
+            self.stop_reason = (f"early stopping: no lower eval {self.monitor} in "
+                                f"{self.patience} evaluations in a row (best {self.best_value:.6g}"
+                                f" after step {self.best_step})")
+
+    def to_meta(self) -> dict:
+        return {"history": self.history, "best_step": self.best_step,
+                "bad_evals": self.bad_evals,
+                "best_value": None if math.isinf(self.best_value) else self.best_value,
+                "has_best": self.best_state is not None,
+                "stopped_early": self.stopped_early, "stop_reason": self.stop_reason,
+                # the current period's per-step values, so a resumed run averages the same
+                "period": [{k: float(v) for k, v in m.items()}
+                           for m in jax.device_get(self.period)]}
+
+    def from_meta(self, run: dict, best_state) -> None:
+        self.history, self.best_step, self.bad_evals = run["history"], run["best_step"], \
+            run["bad_evals"]
+        self.best_value = math.inf if run["best_value"] is None else run["best_value"]
+        self.best_state = best_state
+        self.stopped_early, self.stop_reason = run["stopped_early"], run["stop_reason"]
+        self.period = [{k: np.float32(v) for k, v in m.items()} for m in run["period"]]
+
+
+class _Guard:
+    """NaN/Inf watch: each step's finite flag is read back every few steps (reading it at
+    every step would stall the device), and the first bad step is named."""
+
+    def __init__(self, bar, message: Callable[[int, dict], str]):
+        self.bar, self.message = bar, message
+        self.pending: list[tuple[int, Array, dict]] = []   # (step, finite flag, metrics)
+
+    def add(self, step: int, finite: Array, metrics: dict) -> None:
+        self.pending.append((step, finite, metrics))
+
+    def check(self) -> None:
+        if not self.pending:
+            return
+        flags = np.asarray(jax.device_get([f for _, f, _ in self.pending]))
+        if not flags.all():
+            step, _, metrics = self.pending[int(np.argmin(flags))]
+            raise TrainingDiverged(self.message(step, jax.device_get(metrics)))
+        self.bar.set_postfix({k: f"{float(v):.4f}" for k, v in self.pending[-1][2].items()},
+                             refresh=False)
+        self.pending.clear()
+
+
+class _Run(NamedTuple):
+    """One run's pieces, built by :func:`fit` or :func:`loop` and driven by :func:`_drive`."""
+    state: Any                                   # what is trained and checkpointed
+    modules: list                                # put in train/eval mode
+    step: Callable[[int, np.ndarray], tuple[Array, dict]]   # (step, indices) -> (finite, metrics)
+    evaluate: Callable[[], dict[str, float]] | None
+    n: int
+    key: Array
+    settings: _Settings
+    message: Callable[[int, dict], str]          # the TrainingDiverged message
+
+
+def _trees(run: _Run, record: _Record) -> dict:
+    t = {"state": _leaves_and_paths(nnx.state(run.state)),
+         "key": ([jax.random.key_data(run.key)], ["key"])}
+    if record.best_state is not None:
+        t["best"] = _leaves_and_paths(record.best_state)
+    return t
+
+
+def _save(ckpts: _RunCheckpoints, run: _Run, record: _Record, step_done: int) -> None:
+    meta = {"step": step_done, "n": run.n, "batch_size": run.settings.batch_size,
+            **record.to_meta()}
+    ckpts.save(step_done, _trees(run, record), {"run": meta})
+
+
+def _resume(ckpts: _RunCheckpoints, run: _Run, record: _Record) -> int:
+    """Restore the newest checkpoint into the state and the record; return its step."""
+    last = ckpts.steps()[-1]
+    where = ckpts.directory
+    meta = ckpts.meta(last)
+    saved = meta.get("run")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"checkpoint of step {last} in {where} was not written "
+                              "by train.fit or train.loop (no run metadata)")
+    if saved["n"] != run.n or saved["batch_size"] != run.settings.batch_size:
+        raise CheckpointError(
+            f"checkpoint in {where} was written with N={saved['n']}, batch_size="
+            f"{saved['batch_size']}; this call has N={run.n}, batch_size="
+            f"{run.settings.batch_size}. Resume with the same data and batch size.")
+    if saved["step"] > run.settings.steps and not saved["stopped_early"]:
+        raise ValueError(f"steps={run.settings.steps} but the run in {where} has already "
+                         f"completed {saved['step']} steps")
+    structure = jax.tree.structure(nnx.state(run.state))
+    templates = _trees(run, record)
+    if saved["has_best"]:
+        templates["best"] = templates["state"]
+    restored, _ = ckpts.restore(last, templates, meta)
+    if not np.array_equal(np.asarray(restored["key"][0]),
+                          np.asarray(jax.random.key_data(run.key))):
+        raise CheckpointError(
+            f"the key passed differs from the key of the run saved in {where}; "
+            "pass the same key to resume it exactly.")
+    nnx.update(run.state, jax.tree.unflatten(structure, restored["state"]))
+    best = jax.tree.unflatten(structure, restored["best"]) if saved["has_best"] else None
+    record.from_meta(saved, best)
+    return saved["step"]
+
+
+def _drive(run: _Run, checkpoint_dir, *, resume: bool, progress: bool, desc: str,
+           callback) -> FitResult:
+    """The training loop of :func:`fit` and :func:`loop`: steps, periodic records and
+    evaluations, NaN/Inf watch, checkpoints, early stopping and resume."""
+    settings = run.settings
+    record = _Record(settings)
+    ckpts = _open_checkpoints(checkpoint_dir, resume)
+    bar = None
+    step_done = 0
+    try:
+        start = _resume(ckpts, run, record) if resume else 0
+        # a run that stopped early is over: resuming it trains nothing
+        end = start if record.stopped_early else settings.steps
+        step_done = start
+        bar = tqdm(total=settings.steps, initial=start, desc=desc, disable=not progress,
+                   leave=True)
+        guard = _Guard(bar, run.message)
+        batches = _Batches(fit_keys(run.key)[0], run.n, settings.batch_size)
+        _set_mode(run.modules, training=True)
+        for step in range(start, end):
+            finite, metrics = run.step(step, batches.indices(step))
+            guard.add(step, finite, metrics)
+            record.period.append(metrics)
+            step_done = step + 1
+            is_record = step_done % settings.eval_every == 0 or step_done == settings.steps
+            is_checkpoint = ckpts is not None and (step_done == settings.steps or (
+                settings.checkpoint_every and step_done % settings.checkpoint_every == 0))
+            if is_record or is_checkpoint or len(guard.pending) >= 10:
+                guard.check()
+            bar.update(1)
+            if is_record:
+                shown = {f"train_{k}": f"{v:.4f}" for k, v in record.close_period(step_done).items()}
+                if run.evaluate is not None:
+                    ev = run.evaluate()
+                    record.add_eval(step_done, ev, run.state)
+                    shown.update({f"eval_{k}": f"{v:.4f}" for k, v in ev.items()})
+                bar.set_postfix(shown, refresh=False)
+            if is_checkpoint or (record.stopped_early and ckpts is not None):
+                _save(ckpts, run, record, step_done)
+            if callback is not None:
+                callback(step_done)
+            if record.stopped_early:
+                break
+        guard.check()
+    finally:
+        if bar is not None:
+            bar.close()
+        if ckpts is not None:
+            ckpts.close()
+    if settings.patience is not None and record.best_state is not None:
+        nnx.update(run.state, record.best_state)
+    _set_mode(run.modules, training=False)
+    return FitResult(history=record.history, best_step=record.best_step,
+                     stopped_early=record.stopped_early, steps_done=step_done)
+
+
+# ------------------------------------------------------------------------------- loop and fit
+def _loop_message(step: int, metrics: dict) -> str:
+    shown = ", ".join(f"{k} = {float(v):.4g}" for k, v in metrics.items()) or "no metrics"
+    return (f"training diverged at step {step} (counting from 0): a metric that update "
+            f"returned or a value in the state is NaN or infinite ({shown}). The state holds "
+            "what the steps up to this check left in it (at most 9 steps later); resume from "
+            "the last checkpoint. Try: a lower learning rate, gradient clipping "
+            "(optax.clip_by_global_norm(1.0) first in the optax chain), or check the inputs "
+            "and the losses for NaN/Inf (e.g. log(0) or division by zero).")
+
+
+def loop(state, update: UpdateFn, data: tuple, *, steps: int, batch_size: int, key,
+         eval_fn: EvalFn | None = None, eval_data: tuple | None = None,
+         eval_every: int | None = None, patience: int | None = None, monitor: str = "loss",
+         checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int | None = None,
+         resume: bool = False, progress: bool = True, desc: str = "train",
+         callback: Callable[[int], Any] | None = None) -> FitResult:
+    """Run any training step over any NNX state: the loop of :func:`fit`, for GANs, VAEs...
+
+    Each step ``t`` (counted from 0) calls ``update(state, batch, key, t) -> metrics``:
+
+    * ``state`` is what you passed: an NNX module or ``nnx.Optimizer``, or a dict/list/tuple
+      of them (e.g. ``{"g": G, "d": D, "g_opt": opt_g, "d_opt": opt_d}``). ``update``
+      changes it in place (``opt.update(model, grads)``); compile it with ``nnx.jit``.
+    * ``batch`` is the tuple ``batch_at(data, batch_size, t, key=data_key)``;
+      ``key = fold_in(step_key, t)`` (see :func:`fit_keys`): the noise of this step (the
+      VAE's reparameterisation, the GAN's latent draws, dropout).
+    * ``t`` is the step number as a Python int. Under ``nnx.jit`` it arrives as a traced
+      integer (no recompilation per step): use it with ``jnp.where``/``nnx.cond``; or keep
+      ``update`` a plain Python function that calls compiled sub-steps, e.g. k
+      discriminator steps per generator step::
+
+          def update(state, batch, key, t):
+              metrics = d_step(state, batch, key)                # compiled with nnx.jit
+              if t % k == k - 1:
+                  metrics |= g_step(state, key)                  # compiled with nnx.jit
+              return metrics
+
+      (metrics must then have the same names at every step: return the last generator
+      loss, or a placeholder, on the other steps.)
+    * ``metrics`` is a dict of scalars; ``history["train_<name>"]`` holds their means over
+      each period of ``eval_every`` steps.
+
+    ``eval_fn(state, batch, key) -> metrics`` runs every ``eval_every`` steps with the
+    modules in eval mode, on chunks of ``batch_size`` examples of ``eval_data`` (size-weighted
+    means), or once with ``batch = ()`` without ``eval_data``; chunk ``i`` gets
+    ``fold_in(eval_key, i)``. ``patience`` stops the run after that many evaluations in a row
+    without a lower ``eval_fn(...)[monitor]`` and restores the whole state (models and
+    optimizers) of the best one.
+
+    NaN/Inf: after every step the metrics and every float in the state are checked (on the
+    device; read back every 10 steps, at records and at checkpoints): the first bad step is
+    named in :class:`TrainingDiverged`. Checkpoints (``checkpoint_dir``, every
+    ``checkpoint_every`` steps and at the end; orbax, with checksums) hold the state, the
+    key, the history and the early-stopping record; ``resume=True`` continues bit for bit
+    (and a run that had stopped early returns at once, training nothing). The modules end in
+    eval mode. Other arguments as in :func:`fit`.
+    """
+    modules = _modules(state)
+    if not callable(update):
+        raise ValueError(f"update must be callable as update(state, batch, key, step), got "
+                         f"{type(update).__name__}")
+    if eval_fn is not None and not callable(eval_fn):
+        raise ValueError(f"eval_fn must be callable as eval_fn(state, batch, key), got "
+                         f"{type(eval_fn).__name__}")
+    if eval_data is not None and eval_fn is None:
+        raise ValueError("eval_data needs eval_fn (what to compute on it)")
+    data = _data(data, "data")
+    eval_data = None if eval_data is None else _data(eval_data, "eval_data")
+    settings = _settings(n=data[0].shape[0], steps=steps, batch_size=batch_size,
+                         eval_every=eval_every, patience=patience,
+                         checkpoint_every=checkpoint_every, monitor=monitor,
+                         has_eval=eval_fn is not None, needs_eval="eval_fn (an evaluation)",
+                         checkpoint_dir=checkpoint_dir, resume=resume, progress=progress,
+                         desc=desc, callback=callback)
+    key = _as_key(key)
+    _, step_key, eval_key = fit_keys(key)
+
+    def step(t: int, idx: np.ndarray):
+        batch = tuple(a[idx] for a in data)
+        metrics = _check_metrics(update(state, batch, jax.random.fold_in(step_key, t), t),
+                                 "update's result")
+        metrics = {k: jnp.asarray(v) for k, v in metrics.items()}
+        return _finite((metrics, nnx.state(state))), metrics
+
+    evaluate = None if eval_fn is None else (
+        lambda: _evaluate(eval_fn, state, modules, eval_data, settings.batch_size, eval_key))
+    run = _Run(state, modules, step, evaluate, data[0].shape[0], key, settings, _loop_message)
+    return _drive(run, checkpoint_dir, resume=resume, progress=progress, desc=desc,
+                  callback=callback)
+
+
+def _diverged_message(step: int, metrics: dict) -> str:
+    return (f"training diverged at step {step} (counting from 0): the loss, a gradient or an "
+            f"updated parameter is NaN or infinite (loss = {float(metrics['loss']):.4g}). The "
+            "model keeps its parameters from before that step. Try: a lower learning rate, "
+            "gradient clipping (optax.clip_by_global_norm(1.0) first in the optax chain), or "
+            "check the inputs and the loss for NaN/Inf (e.g. log(0) or division by zero).")
+
+
+def fit(model: nnx.Module, optimizer_tx: optax.GradientTransformation, loss_fn: LossFn,
+        train_data: tuple, *, steps: int, batch_size: int, key, eval_data: tuple | None = None,
+        eval_every: int | None = None, patience: int | None = None,
+        checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int | None = None,
+        resume: bool = False, progress: bool = True, desc: str = "train",
+        callback: Callable[[int], Any] | None = None) -> FitResult:
+    """Train ``model`` in place for ``steps`` optimizer steps; see the module docstring.
+
+    Args:
+      model: an ``nnx.Module``; put in train mode while training, eval mode to evaluate.
+      optimizer_tx: the optax transformation (schedules and clipping included).
+      loss_fn: ``loss_fn(model, batch, key) -> (loss, metrics dict)``.
+      train_data: tuple of arrays sharing the first axis N (numbers, no NaN/Inf); batches
+        come from :func:`batch_at`.
+      steps: total steps of the run (a resumed run continues up to this number).
+      batch_size: examples per step (also the chunk size of evaluation).
+      key: PRNG key; the same key gives the same numbers.
+      eval_data: optional tuple of arrays, evaluated whole (chunked, size-weighted mean).
+      eval_every: record (and evaluate) every this many steps; None means about 10 records
+        (``max(1, steps // 10)``). The last step is always recorded.
+      patience: early stopping: stop after this many evaluations in a row without a lower
+        eval loss. Needs ``eval_data``. With ``patience`` set, the model ends with the
+        parameters of its best evaluation (and ``best_step`` says which).
+      checkpoint_dir: folder of orbax checkpoints of this run; written every
+        ``checkpoint_every`` steps (None: only at the end), at the end, and when early
+        stopping ends the run (the checkpoint records that, and why). Checked before the
+        first step (a regular file or an unwritable place is refused).
+      resume: continue from the newest checkpoint in ``checkpoint_dir`` (parameters,
+        optimizer state, step, key and history restored exactly); a run that had stopped
+        early returns at once with its result, training nothing. A missing or damaged
+        checkpoint raises :class:`CheckpointError`; so does a ``checkpoint_dir`` that already
+        holds checkpoints when ``resume`` is False (no silent overwrite).
+      progress: show a ``tqdm.auto`` bar with the live loss.
+      desc: the bar's label.
+      callback: called as ``callback(steps_completed)`` after every step (after any
+        evaluation and checkpoint of that step); raising from it stops the run.
+
+    Raises:
+      TrainingDiverged: the loss or a gradient became NaN/Inf (the message names the step).
+      ValueError: a bad argument (named), before anything is trained.
+
+    ``fit`` is :func:`loop` with the step :func:`make_train_step` compiles (cached per
+    ``loss_fn``), the state ``{"model": model, "optimizer": nnx.Optimizer(model,
+    optimizer_tx, wrt=nnx.Param)}`` and the step that keeps the parameters from before a
+    bad step.
+    """
+    _check_module(model, "model")
+    if not isinstance(optimizer_tx, optax.GradientTransformation):
+        raise ValueError(f"optimizer_tx must be an optax transformation (e.g. "
+                         f"optax.adam(1e-3)), got {type(optimizer_tx).__name__}")
+    compiled = _steps_for(loss_fn)
+    train_data = _data(train_data, "train_data")
+    eval_data = None if eval_data is None else _data(eval_data, "eval_data")
+    settings = _settings(n=train_data[0].shape[0], steps=steps, batch_size=batch_size,
+                         eval_every=eval_every, patience=patience,
+                         checkpoint_every=checkpoint_every, monitor="loss",
+                         has_eval=eval_data is not None, needs_eval="eval_data",
+                         checkpoint_dir=checkpoint_dir, resume=resume, progress=progress,
+                         desc=desc, callback=callback)
+    key = _as_key(key)
+    _, step_key, eval_key = fit_keys(key)
+    optimizer = nnx.Optimizer(model, optimizer_tx, wrt=nnx.Param)
+    state = {"model": model, "optimizer": optimizer}
+    train_step, eval_step = compiled["train"], compiled["eval"]
+    healthy = [jnp.array(True)]
+
+    def step(t: int, idx: np.ndarray):
+        loss, metrics, finite, healthy[0] = train_step(
+            model, optimizer, train_data, idx, step_key, jnp.uint32(t), healthy[0])
+        return finite, {"loss": loss, **metrics}
+
+    def eval_fn(_state, batch, key):
+        loss, metrics = eval_step(model, batch, key)
+        return {"loss": loss, **metrics}
+
+    evaluate = None if eval_data is None else (
+        lambda: _evaluate(eval_fn, state, [model], eval_data, settings.batch_size, eval_key))
+    run = _Run(state, [model], step, evaluate, train_data[0].shape[0], key, settings,
+               _diverged_message)
+    return _drive(run, checkpoint_dir, resume=resume, progress=progress, desc=desc,
+                  callback=callback)
