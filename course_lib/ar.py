@@ -1,15 +1,12 @@
-"""Autoregressive models: AR(p) time series and autoregressive generation of characters.
+"""AR(p) models of real-valued time series: fit, diagnose, forecast, simulate.
 
-Two faces of one idea, the chain rule of probability
-
-.. math::  p(x_1, \\dots, x_T) = \\prod_{t=1}^{T} p(x_t \\mid x_{<t}),
-
-where each factor looks only at the past.
-
-**AR(p) time series.** :math:`y_t = c + \\sum_{i=1}^{p} \\varphi_i y_{t-i} + \\varepsilon_t`,
+An autoregression predicts each value from the ones before it (the chain rule of probability
+with a linear-Gaussian conditional):
+:math:`y_t = c + \\sum_{i=1}^{p} \\varphi_i y_{t-i} + \\varepsilon_t`,
 :math:`\\varepsilon_t \\sim \\mathcal N(0, \\sigma^2)` i.i.d.
 
-* :func:`fit_ar_ls` - conditional least squares (what ``statsmodels`` ``AutoReg`` fits);
+* :func:`lag_matrix`, :func:`fit_ar_ls` - conditional least squares (what ``statsmodels``
+  ``AutoReg`` fits), solved by a Householder QR factorisation in float64 on the host;
 * :func:`fit_ar_yw` - Yule-Walker: solve the Toeplitz system of autocovariances by the
   Levinson-Durbin recursion (:func:`levinson_durbin`, what ``yule_walker`` solves);
 * :func:`autocovariance`, :func:`acf`, :func:`pacf` - by FFT and Levinson-Durbin;
@@ -19,81 +16,62 @@ where each factor looks only at the past.
 * :func:`simulate_ar`, :func:`sample_ar` - the recursion as a ``lax.scan``;
 * :func:`information_criteria`, :func:`select_order` - AIC / BIC on a common sample.
 
-**Autoregressive generation of discrete sequences** (characters of names or Shakespeare):
+Character n-grams and the neural bigram (the same chain rule on symbols) live in
+:mod:`course_lib.ngram`.
 
-* :func:`name_windows`, :func:`text_windows` - every (context, next symbol) as an
-  ``(N, n)`` window of ids;
-* :func:`ngram_counts`, :func:`fit_ngram` (add-k / Laplace smoothing),
-  :func:`fit_interpolated_ngram` (a mixture of orders 1..n);
-* :func:`log_likelihood`, :func:`perplexity`;
-* :func:`sample_ngram` - temperature sampling with ``jax.random.categorical`` in a ``lax.scan``;
-* :func:`bigram_loss`, :func:`train_neural_bigram` - a logits table trained by gradient
-  descent (optax); its optimum is the count-based bigram (:func:`bigram_mle_loss`).
-
-Kernels are jit-compiled with static shapes; argument checks run before, in Python, and
-raise :class:`ValueError` naming the argument. Arrays follow JAX's default dtype: enable
-``jax_enable_x64`` (or use ``with jax.enable_x64(True):``) for float64, which the tests use
-to agree with statsmodels to 1e-8.
+Argument checks run first, in Python, and raise :class:`ValueError` naming the argument
+(NaN in a series, a constant series, an order the data cannot support...). Results are
+returned in JAX's default dtype: enable ``jax_enable_x64`` (or use
+``with jax.enable_x64(True):``) for float64, which the tests use to agree with statsmodels to
+1e-8. The least-squares fits compute in float64 whatever that setting, so float32 results
+are float64 ones rounded once.
 """
 from __future__ import annotations
 
+import math
 import statistics
 from functools import partial
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
+import scipy.linalg
+
+from course_lib import _validate
 
 __all__ = [
-    "ARFit", "Forecast", "InformationCriteria", "NGramModel", "BOUNDARY", "MAX_TABLE_SIZE",
+    "ARFit", "Forecast", "InformationCriteria",
     "lag_matrix", "fit_ar_ls", "fit_ar_yw", "autocovariance", "acf", "pacf",
     "levinson_durbin", "characteristic_roots", "is_stationary", "forecast",
     "simulate_ar", "sample_ar", "information_criteria", "select_order",
-    "name_windows", "text_windows", "context_index", "ngram_counts", "fit_ngram",
-    "fit_interpolated_ngram", "log_likelihood", "perplexity", "sample_ngram",
-    "decode_names", "bigram_loss", "bigram_mle_loss", "train_neural_bigram",
 ]
-
-BOUNDARY = "."
-"""The symbol that starts and ends every name (id 0 in a vocabulary built with it)."""
-
-MAX_TABLE_SIZE = 2 ** 26
-"""Largest dense n-gram table, ``vocab_size ** order`` entries (256 MiB of float32)."""
 
 
 # =========================================================================== validation
 
 
 def _as_series(y, p: int | None = None, *, min_length: int | None = None, name: str = "y"):
-    """Check a 1-D finite series (on the host) and return it as a JAX array."""
-    arr = np.asarray(y)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D series, got shape {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-        raise ValueError(f"{name} must hold real numbers, got dtype {arr.dtype}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains NaN or infinite values; drop or fill them first")
+    """Check a 1-D finite real series (on the host) and return it as a float64 NumPy array."""
+    _validate.real_array(y, name, ndim=1, dtype=jnp.result_type(float))  # dtype, shape, NaN
+    arr = np.asarray(y, dtype=np.float64)
     if min_length is not None and arr.shape[0] < min_length:
         raise ValueError(
             f"{name} has {arr.shape[0]} values; an AR({p}) fit needs at least {min_length}"
         )
-    return jnp.asarray(y, dtype=jnp.result_type(float))
+    return arr
 
 
-def _check_order(p, name: str = "p") -> int:
-    if isinstance(p, bool) or not isinstance(p, (int, np.integer)) or p < 1:
-        what = " (the AR order)" if name == "p" else ""
-        raise ValueError(f"{name}{what} must be an integer >= 1, got {p!r}")
-    return int(p)
+def _check_not_constant(arr: np.ndarray, name: str = "y") -> None:
+    if arr.size and np.all(arr == arr[0]):
+        raise ValueError(
+            f"{name} is constant (zero variance): autocorrelations and AR coefficients are "
+            "undefined for it")
 
 
-def _check_temperature(temperature) -> float:
-    t = float(temperature)
-    if not np.isfinite(t) or t <= 0:
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-    return t
+def _out(x):
+    """Host float64 -> JAX's default float dtype (float32 unless x64 is enabled)."""
+    return jnp.asarray(x, dtype=jnp.result_type(float))
 
 
 # =========================================================================== AR(p) fitting
@@ -127,78 +105,104 @@ class ARFit(NamedTuple):
 
 
 @partial(jax.jit, static_argnames=("p", "hold_back"))
-def lag_matrix(y: jax.Array, p: int, hold_back: int) -> tuple[jax.Array, jax.Array]:
-    """Regressors and targets of the conditional AR(p) regression.
-
-    Args:
-      y: (T,) series.
-      p: number of lags.
-      hold_back: first target index (``>= p``); the targets are ``y[hold_back:]``.
-
-    Returns:
-      ``(X, target)``: X (T - hold_back, p) with ``X[t, i] = y[hold_back + t - 1 - i]``
-      (lag i + 1), target (T - hold_back,).
-    """
+def _lag_matrix_kernel(y, p, hold_back):
     n = y.shape[0]
     columns = [y[hold_back - 1 - i: n - 1 - i] for i in range(p)]  # static slices, no gather
     return jnp.stack(columns, axis=1), y[hold_back:]
 
 
-def _masked_least_squares(y, p, hold_back, n_active):
-    """Least squares on the first ``n_active`` of p lag columns (the rest held at zero).
+def _check_hold_back(p: int, hold_back) -> int:
+    hold_back = p if hold_back is None else _validate.count(hold_back, "hold_back", minimum=0)
+    if hold_back < p:
+        raise ValueError(
+            f"hold_back must be >= p = {p} (the first target needs p earlier values), "
+            f"got {hold_back}")
+    return hold_back
 
-    Masked columns are zeroed and their Gram rows/columns replaced by the identity, so
-    their coefficients solve to exactly 0: every order up to p shares one compiled shape.
+
+def lag_matrix(y, p: int, *, hold_back: int | None = None) -> tuple[jax.Array, jax.Array]:
+    """Regressors and targets of the conditional AR(p) regression.
+
+    Args:
+      y: (T,) real series.
+      p: number of lags, ``>= 1``.
+      hold_back: first target index, ``p <= hold_back < T`` (default p); the targets are
+        ``y[hold_back:]``.
+
+    Returns:
+      ``(X, target)``: X (T - hold_back, p) with ``X[t, i] = y[hold_back + t - 1 - i]``
+      (lag i + 1), target (T - hold_back,).
     """
-    # Centre first: least squares with an intercept is shift-invariant, and the centred
-    # normal equations are far better conditioned (it matters in float32).
-    shift = jnp.mean(y)
-    x, target = lag_matrix(y - shift, p, hold_back)
-    keep = jnp.arange(p + 1) <= n_active                       # intercept + active lags
-    design = jnp.concatenate([jnp.ones((x.shape[0], 1), x.dtype), x], axis=1) * keep
-    gram = design.T @ design + jnp.diag(jnp.where(keep, 0.0, 1.0).astype(x.dtype))
-    beta = jax.scipy.linalg.solve(gram, design.T @ target, assume_a="pos")
-    # One step of iterative refinement recovers the digits the Gram matrix squares away.
-    resid = target - design @ beta
-    beta = beta + jax.scipy.linalg.solve(gram, design.T @ resid, assume_a="pos")
-    resid = target - design @ beta
-    coeffs = beta[1:]
-    intercept = beta[0] + shift * (1.0 - jnp.sum(coeffs))
-    return intercept, coeffs, jnp.mean(resid ** 2)
+    p = _validate.count(p, "p")
+    hold_back = _check_hold_back(p, hold_back)
+    arr = _as_series(y, p, min_length=hold_back + 1)
+    return _lag_matrix_kernel(_out(arr), p, hold_back)
 
 
-@partial(jax.jit, static_argnames=("p", "hold_back"))
-def _ls_kernel(y, p, hold_back):
-    return _masked_least_squares(y, p, hold_back, p)
+def _qr_least_squares(y: np.ndarray, p: int, hold_back: int, orders) -> list:
+    """Least squares of AR(k), k in ``orders`` (each <= p), on the targets ``y[hold_back:]``.
 
+    Float64 on the host. The design ``[1, y_{t-1}, ..., y_{t-p}]`` of the centred series is
+    factorised once, ``X = Q R`` (Householder, LAPACK ``geqrf``); the first k + 1 columns of X
+    are ``Q[:, :k+1] R[:k+1, :k+1]``, so every order k shares the factorisation:
+    :math:`\\hat\\beta_k = R_{:k+1,:k+1}^{-1} (Q^\\top y)_{:k+1}` and
+    :math:`\\mathrm{RSS}_k = \\mathrm{RSS}_p + \\sum_{j > k} (Q^\\top y)_j^2` (a sum of
+    non-negative terms: no cancellation). QR works on X itself, not on the normal equations
+    :math:`X^\\top X`, whose condition number is the square of X's.
 
-@partial(jax.jit, static_argnames=("max_p",))
-def _ls_all_orders_kernel(y, max_p):
-    """AR(1)..AR(max_p) on the common targets y[max_p:], vmapped over the order."""
-    orders = jnp.arange(1, max_p + 1)
-    return jax.vmap(lambda n: _masked_least_squares(y, max_p, max_p, n))(orders)
+    Returns a list of ``(intercept, coeffs (k,), rss)`` as float64.
+    """
+    shift = float(np.mean(y))                  # LS with an intercept is shift-invariant
+    x = y - shift
+    n = x.shape[0]
+    lags = np.lib.stride_tricks.sliding_window_view(x[:-1], p)[hold_back - p:]  # oldest first
+    design = np.empty((n - hold_back, p + 1))
+    design[:, 0] = 1.0
+    design[:, 1:] = lags[:, ::-1]             # column i + 1 = lag i + 1
+    target = x[hold_back:]
+    q, r = np.linalg.qr(design)
+    qty = q.T @ target
+    rss_full = float(np.sum((target - q @ qty) ** 2))
+    out = []
+    for k in orders:
+        rk = r[: k + 1, : k + 1]
+        sv = np.linalg.svd(rk, compute_uv=False)
+        if not sv[-1] > sv[0] * max(design.shape) * np.finfo(np.float64).eps:
+            raise ValueError(
+                f"y: the AR({k}) regressors (a constant and {k} lags) are exactly collinear "
+                "(e.g. a constant or periodic stretch); the least-squares fit is not unique")
+        beta = scipy.linalg.solve_triangular(rk, qty[: k + 1])
+        rss = rss_full + math.fsum(qty[k + 1:] ** 2)
+        coeffs = beta[1:]
+        out.append((beta[0] + shift * (1.0 - math.fsum(coeffs)), coeffs, rss))
+    return out
 
 
 def fit_ar_ls(y, p: int, *, hold_back: int | None = None) -> ARFit:
     """Conditional least squares AR(p) with a constant (statsmodels ``AutoReg(y, p).fit()``).
 
     Minimises :math:`\\sum_{t \\ge h} (y_t - c - \\sum_i \\varphi_i y_{t-i})^2` over
-    :math:`(c, \\varphi)`, with :math:`h` = ``hold_back`` (default ``p``); solved by the normal
-    equations of the centred series plus one refinement step. ``sigma2`` = RSS / nobs.
+    :math:`(c, \\varphi)`, with :math:`h` = ``hold_back`` (default ``p``). Solved in float64 on
+    the host by a Householder QR factorisation of the lag matrix of the centred series (not by
+    the normal equations, which square its condition number: on a near-unit-root series they
+    lose every digit in float32). ``sigma2`` = RSS / nobs. statsmodels solves the same
+    problem with a pseudo-inverse (SVD).
 
     Args:
-      y: (T,) real series without NaNs.
+      y: (T,) real series without NaNs, not constant.
       p: order, ``>= 1``.
       hold_back: first target index, ``p <= hold_back``; use a common value to compare
         orders on the same sample (as :func:`select_order` does).
+
+    Raises ValueError for a constant series or exactly collinear lags.
     """
-    p = _check_order(p)
-    hold_back = p if hold_back is None else int(hold_back)
-    if hold_back < p:
-        raise ValueError(f"hold_back must be >= p = {p}, got {hold_back}")
+    p = _validate.count(p, "p")
+    hold_back = _check_hold_back(p, hold_back)
     y = _as_series(y, p, min_length=hold_back + p + 1)
-    intercept, coeffs, sigma2 = _ls_kernel(y, p, hold_back)
-    return ARFit(intercept, coeffs, sigma2, int(y.shape[0] - hold_back))
+    _check_not_constant(y)
+    [(intercept, coeffs, rss)] = _qr_least_squares(y, p, hold_back, [p])
+    nobs = int(y.shape[0] - hold_back)
+    return ARFit(_out(intercept), _out(coeffs), _out(rss / nobs), nobs)
 
 
 _DIRECT_MAX_LAGS = 32
@@ -226,45 +230,29 @@ def autocovariance(y, nlags: int, *, adjusted: bool = False) -> jax.Array:
     with :math:`d_k = T` (default, a positive semi-definite sequence) or :math:`T - k`
     (``adjusted``). Matches ``statsmodels.tsa.stattools.acovf``.
 
-    Returns: (nlags + 1,)
+    Args: y (T,) real series; nlags in [0, T - 1]. Returns: (nlags + 1,)
     """
-    nlags = _check_order(nlags, "nlags") if nlags != 0 else 0
+    nlags = _validate.count(nlags, "nlags", minimum=0)
     y = _as_series(y, nlags, min_length=nlags + 1)
-    return _autocovariance_kernel(y, nlags, bool(adjusted))
+    return _autocovariance_kernel(_out(y), nlags, bool(adjusted))
 
 
 def acf(y, nlags: int) -> jax.Array:
     """Autocorrelations :math:`\\rho_k = \\hat\\gamma_k / \\hat\\gamma_0`, k = 0..nlags.
 
     Matches ``statsmodels.tsa.stattools.acf(y, nlags=nlags)`` (denominator T). Returns
-    (nlags + 1,) with ``acf[0] == 1``.
+    (nlags + 1,) with ``acf[0] == 1``. Raises ValueError for a constant series
+    (:math:`\\hat\\gamma_0 = 0`).
     """
-    gamma = autocovariance(y, nlags)
+    nlags = _validate.count(nlags, "nlags", minimum=0)
+    series = _as_series(y, nlags, min_length=nlags + 1)
+    _check_not_constant(series)
+    gamma = _autocovariance_kernel(_out(series), nlags, False)
     return gamma / gamma[0]
 
 
 @partial(jax.jit, static_argnames=("p",))
-def levinson_durbin(acov: jax.Array, p: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Solve the Yule-Walker equations :math:`\\Gamma_p \\varphi = \\gamma_{1:p}` in O(p^2).
-
-    :math:`\\Gamma_p` is the Toeplitz matrix of :math:`\\gamma_0..\\gamma_{p-1}`. The recursion
-    goes up one order at a time; the last coefficient of order k is the partial
-    autocorrelation at lag k:
-
-    .. math::  \\kappa_k = \\frac{\\gamma_k - \\sum_{j<k} \\varphi_{k-1,j}\\gamma_{k-j}}{v_{k-1}},
-       \\quad \\varphi_{k,j} = \\varphi_{k-1,j} - \\kappa_k \\varphi_{k-1,k-j},
-       \\quad v_k = v_{k-1}(1 - \\kappa_k^2).
-
-    The coefficient vector lives in a fixed (p,) buffer (entries past the current order are
-    zero), so the whole recursion is one ``lax.scan`` with static shapes.
-
-    Args:
-      acov: (>= p + 1,) autocovariances :math:`\\gamma_0, \\gamma_1, \\dots`.
-      p: order.
-
-    Returns:
-      ``(coeffs (p,), pacf (p,) for lags 1..p, sigma2 ())`` where sigma2 = :math:`v_p`.
-    """
+def _levinson_durbin_kernel(acov, p):
     gamma = acov[: p + 1]
     lags = jnp.arange(p)
 
@@ -284,6 +272,46 @@ def levinson_durbin(acov: jax.Array, p: int) -> tuple[jax.Array, jax.Array, jax.
     return phi, kappas, v
 
 
+def levinson_durbin(acov, p: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Solve the Yule-Walker equations :math:`\\Gamma_p \\varphi = \\gamma_{1:p}` in O(p^2).
+
+    :math:`\\Gamma_p` is the Toeplitz matrix of :math:`\\gamma_0..\\gamma_{p-1}`. The recursion
+    goes up one order at a time; the last coefficient of order k is the partial
+    autocorrelation at lag k:
+
+    .. math::  \\kappa_k = \\frac{\\gamma_k - \\sum_{j<k} \\varphi_{k-1,j}\\gamma_{k-j}}{v_{k-1}},
+       \\quad \\varphi_{k,j} = \\varphi_{k-1,j} - \\kappa_k \\varphi_{k-1,k-j},
+       \\quad v_k = v_{k-1}(1 - \\kappa_k^2).
+
+    The coefficient vector lives in a fixed (p,) buffer (entries past the current order are
+    zero), so the whole recursion is one ``lax.scan`` with static shapes (jit-compiled).
+
+    Args:
+      acov: (>= p + 1,) real autocovariances :math:`\\gamma_0 > 0, \\gamma_1, \\dots`;
+        checked when concrete (finite, :math:`\\gamma_0 > 0`, and every
+        :math:`|\\kappa_k| < 1`, i.e. :math:`\\Gamma_{p+1}` positive definite).
+      p: order, ``>= 1``.
+
+    Returns:
+      ``(coeffs (p,), pacf (p,) for lags 1..p, sigma2 ())`` where sigma2 = :math:`v_p`.
+    """
+    p = _validate.count(p, "p")
+    acov = _validate.real_array(acov, "acov", ndim=1)
+    if acov.shape[0] < p + 1:
+        raise ValueError(f"acov must hold at least p + 1 = {p + 1} autocovariances "
+                         f"(gamma_0..gamma_{p}), got {acov.shape[0]}")
+    concrete = _validate.is_concrete(acov)
+    if concrete and not float(acov[0]) > 0:
+        raise ValueError(f"acov[0] (the variance gamma_0) must be > 0, got {float(acov[0])!r}")
+    coeffs, kappas, v = _levinson_durbin_kernel(acov, p)
+    if concrete and not bool(jnp.all(jnp.abs(kappas) < 1)):
+        worst = float(jnp.max(jnp.abs(kappas)))
+        raise ValueError("acov is not a positive-definite autocovariance sequence: the "
+                         f"Toeplitz system of order {p} is singular or indefinite "
+                         f"(a partial autocorrelation of size {worst:.3g} >= 1)")
+    return coeffs, kappas, v
+
+
 _YW_METHODS = ("adjusted", "mle")
 
 
@@ -291,8 +319,14 @@ _YW_METHODS = ("adjusted", "mle")
 def _yule_walker_kernel(y, p, adjusted):
     gamma = _autocovariance_kernel(y, p, adjusted)
     gamma = gamma.at[0].set(jnp.mean((y - jnp.mean(y)) ** 2))  # lag 0 always divides by T
-    coeffs, kappas, sigma2 = levinson_durbin(gamma, p)
+    coeffs, kappas, sigma2 = _levinson_durbin_kernel(gamma, p)
     return jnp.mean(y) * (1.0 - jnp.sum(coeffs)), coeffs, sigma2, kappas
+
+
+def _check_method(method) -> str:
+    if method not in _YW_METHODS:
+        raise ValueError(f"method must be one of {_YW_METHODS}, got {method!r}")
+    return method
 
 
 def fit_ar_yw(y, p: int, *, method: str = "adjusted") -> ARFit:
@@ -302,12 +336,13 @@ def fit_ar_yw(y, p: int, *, method: str = "adjusted") -> ARFit:
     solve them with :func:`levinson_durbin`. ``method="adjusted"`` divides lag k by T - k,
     ``"mle"`` by T (guaranteeing a stationary fit). The intercept is
     :math:`\\bar y (1 - \\sum_i \\varphi_i)`; ``sigma2`` is :math:`\\gamma_0 - \\varphi^\\top \\gamma_{1:p}`.
+    Raises ValueError for a constant series.
     """
-    p = _check_order(p)
-    if method not in _YW_METHODS:
-        raise ValueError(f"method must be one of {_YW_METHODS}, got {method!r}")
+    p = _validate.count(p, "p")
+    method = _check_method(method)
     y = _as_series(y, p, min_length=p + 1)
-    intercept, coeffs, sigma2, _ = _yule_walker_kernel(y, p, method == "adjusted")
+    _check_not_constant(y)
+    intercept, coeffs, sigma2, _ = _yule_walker_kernel(_out(y), p, method == "adjusted")
     return ARFit(intercept, coeffs, sigma2, int(y.shape[0]))
 
 
@@ -318,12 +353,19 @@ def pacf(y, nlags: int, *, method: str = "adjusted") -> jax.Array:
     of :math:`y_t` and :math:`y_{t-k}` once the lags in between are regressed out. An AR(p)
     has PACF zero beyond lag p. Matches ``statsmodels.tsa.stattools.pacf`` with method
     ``"ywadjusted"`` (``method="adjusted"``) or ``"ywmle"`` (``method="mle"``).
+
+    ``nlags`` must be below T // 2 (statsmodels' limit): the autocovariances at lags near T
+    rest on a handful of products, and with ``"adjusted"`` (divided by T - k) the recursion
+    then returns "correlations" far outside [-1, 1]. Raises ValueError for a constant series.
     """
-    nlags = _check_order(nlags, "nlags")
-    if method not in _YW_METHODS:
-        raise ValueError(f"method must be one of {_YW_METHODS}, got {method!r}")
+    nlags = _validate.count(nlags, "nlags")
+    method = _check_method(method)
     y = _as_series(y, nlags, min_length=nlags + 1)
-    kappas = _yule_walker_kernel(y, nlags, method == "adjusted")[3]
+    if nlags >= y.shape[0] // 2:
+        raise ValueError(f"nlags must be < T // 2 = {y.shape[0] // 2} for a series of "
+                         f"T = {y.shape[0]} values (statsmodels' limit), got {nlags}")
+    _check_not_constant(y)
+    kappas = _yule_walker_kernel(_out(y), nlags, method == "adjusted")[3]
     return jnp.concatenate([jnp.ones(1, kappas.dtype), kappas])
 
 
@@ -344,11 +386,10 @@ def characteristic_roots(coeffs) -> np.ndarray:
     from trailing zero coefficients, have no finite root and are dropped). Tiny (p x p), so
     it runs in NumPy on the host. Same roots as statsmodels' ``AutoRegResults.roots``.
     """
-    phi = np.asarray(coeffs, dtype=float).reshape(-1)
+    _validate.real_array(coeffs, "coeffs", ndim=(0, 1), dtype=jnp.result_type(float))
+    phi = np.asarray(coeffs, dtype=np.float64).reshape(-1)
     if phi.size == 0:
         raise ValueError("coeffs must hold at least one AR coefficient")
-    if not np.all(np.isfinite(phi)):
-        raise ValueError("coeffs contains NaN or infinite values")
     eig = np.linalg.eigvals(_companion(phi))
     eig = eig[np.abs(eig) > 1e-300]
     return 1.0 / eig
@@ -398,6 +439,18 @@ def _forecast_kernel(intercept, coeffs, sigma2, last, steps, z):
     return Forecast(mean, se, mean - z * se, mean + z * se)
 
 
+def _check_fit(fit) -> ARFit:
+    if not isinstance(fit, ARFit):
+        raise ValueError(f"fit must be an ARFit (from fit_ar_ls or fit_ar_yw), got {type(fit).__name__}")
+    coeffs = _validate.real_array(fit.coeffs, "fit.coeffs", ndim=1)
+    if coeffs.shape[0] < 1:
+        raise ValueError("fit.coeffs must hold at least one coefficient")
+    intercept = _validate.real(fit.intercept, "fit.intercept")
+    sigma2 = _validate.real(fit.sigma2, "fit.sigma2", low=0.0)
+    nobs = _validate.count(fit.nobs, "fit.nobs")
+    return ARFit(intercept, coeffs, sigma2, nobs)
+
+
 def forecast(fit: ARFit, y, steps: int, *, alpha: float = 0.05) -> Forecast:
     """Forecast ``steps`` values past the end of ``y`` with ``1 - alpha`` intervals.
 
@@ -414,15 +467,13 @@ def forecast(fit: ARFit, y, steps: int, *, alpha: float = 0.05) -> Forecast:
       steps: horizon h >= 1.
       alpha: in (0, 1).
     """
-    steps = _check_order(steps, "steps")
-    if not 0.0 < float(alpha) < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+    fit = _check_fit(fit)
+    steps = _validate.count(steps, "steps")
+    alpha = _validate.real(alpha, "alpha", low=0.0, high=1.0, low_open=True, high_open=True)
     p = fit.order
-    series = np.asarray(y)
-    if series.ndim != 1 or series.shape[0] < p:
-        raise ValueError(f"y must be a 1-D series of at least p = {p} values, got shape {series.shape}")
-    last = _as_series(series[-p:][::-1], p, name="y (its last p values)")  # most recent first
-    z = statistics.NormalDist().inv_cdf(1.0 - float(alpha) / 2.0)
+    series = _as_series(y, p, min_length=p)
+    last = _out(series[-p:][::-1].copy())                 # most recent first
+    z = statistics.NormalDist().inv_cdf(1.0 - alpha / 2.0)
     dtype = last.dtype
     return _forecast_kernel(jnp.asarray(fit.intercept, dtype), jnp.asarray(fit.coeffs, dtype),
                             jnp.asarray(fit.sigma2, dtype), last, steps, jnp.asarray(z, dtype))
@@ -441,7 +492,15 @@ def _simulate_kernel(coeffs, intercept, shocks, init):
     return path
 
 
-def simulate_ar(coeffs, intercept, shocks, init=None) -> jax.Array:
+def _check_coeffs(coeffs) -> jax.Array:
+    coeffs = _validate.real_array(coeffs, "coeffs", ndim=(0, 1), dtype=jnp.result_type(float))
+    coeffs = jnp.atleast_1d(coeffs)
+    if coeffs.shape[0] < 1:
+        raise ValueError("coeffs must hold at least one AR coefficient")
+    return coeffs
+
+
+def simulate_ar(coeffs, intercept, shocks, *, init=None) -> jax.Array:
     """Run the AR recursion :math:`y_t = c + \\sum_i \\varphi_i y_{t-i} + e_t` on given shocks.
 
     Deterministic (the shocks carry the randomness), so it can be checked exactly against a
@@ -455,16 +514,16 @@ def simulate_ar(coeffs, intercept, shocks, init=None) -> jax.Array:
 
     Returns: (n,) the path.
     """
-    coeffs = jnp.atleast_1d(jnp.asarray(coeffs, dtype=jnp.result_type(float)))
-    if coeffs.ndim != 1:
-        raise ValueError(f"coeffs must be 1-D (p,), got shape {coeffs.shape}")
+    coeffs = _check_coeffs(coeffs)
     p = coeffs.shape[0]
-    shocks = jnp.asarray(shocks, dtype=coeffs.dtype)
-    if shocks.ndim != 1:
-        raise ValueError(f"shocks must be 1-D (n,), got shape {shocks.shape}")
-    init = jnp.zeros(p, coeffs.dtype) if init is None else jnp.asarray(init, coeffs.dtype)
-    if init.shape != (p,):
-        raise ValueError(f"init must have shape ({p},) (one value per lag), got {init.shape}")
+    intercept = _validate.real(intercept, "intercept")
+    shocks = _validate.real_array(shocks, "shocks", ndim=1, dtype=coeffs.dtype)
+    if init is None:
+        init = jnp.zeros(p, coeffs.dtype)
+    else:
+        init = _validate.real_array(init, "init", dtype=coeffs.dtype)
+        if init.shape != (p,):
+            raise ValueError(f"init must have shape ({p},) (one value per lag), got {tuple(init.shape)}")
     return _simulate_kernel(coeffs, jnp.asarray(intercept, coeffs.dtype), shocks, init)
 
 
@@ -472,18 +531,19 @@ def sample_ar(key: jax.Array, coeffs, intercept, sigma, n: int, *, burn_in: int 
     """Draw one path of n values of a Gaussian AR(p), discarding ``burn_in`` steps first.
 
     Starts from zeros; the burn-in lets a stationary process forget that start. ``vmap``
-    over keys for many paths.
+    over keys for many paths (call the function once per key outside ``vmap`` if you want the
+    argument checks).
     """
-    n = _check_order(n, "n")
-    if int(burn_in) < 0:
-        raise ValueError(f"burn_in must be >= 0, got {burn_in!r}")
-    if not float(sigma) >= 0:
-        raise ValueError(f"sigma must be >= 0, got {sigma!r}")
-    coeffs = jnp.atleast_1d(jnp.asarray(coeffs, dtype=jnp.result_type(float)))
-    if coeffs.ndim != 1:
-        raise ValueError(f"coeffs must be 1-D (p,), got shape {coeffs.shape}")
+    if not isinstance(key, jax.Array) or not (
+            jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) or key.shape == (2,)):
+        raise ValueError(f"key must be a PRNG key from jax.random.key(seed), got {key!r}")
+    coeffs = _check_coeffs(coeffs)
+    intercept = _validate.real(intercept, "intercept")
+    sigma = _validate.real(sigma, "sigma", low=0.0)
+    n = _validate.count(n, "n")
+    burn_in = _validate.count(burn_in, "burn_in", minimum=0)
     return _sample_ar_kernel(key, coeffs, jnp.asarray(intercept, coeffs.dtype),
-                             jnp.asarray(sigma, coeffs.dtype), n, int(burn_in))
+                             jnp.asarray(sigma, coeffs.dtype), n, burn_in)
 
 
 @partial(jax.jit, static_argnames=("n", "burn_in"))
@@ -501,333 +561,48 @@ class InformationCriteria(NamedTuple):
 
     ``k = p + 2`` free parameters (constant, p coefficients, sigma2):
     :math:`\\ell = -\\frac{n}{2}(\\log 2\\pi + \\log \\hat\\sigma^2 + 1)`,
-    AIC = :math:`-2\\ell + 2k`, BIC = :math:`-2\\ell + k \\log n`.
+    AIC = :math:`-2\\ell + 2k`, BIC = :math:`-2\\ell + k \\log n`. Python floats (float64).
     """
 
-    loglik: jax.Array
-    aic: jax.Array
-    bic: jax.Array
+    loglik: float
+    aic: float
+    bic: float
+
+
+def _criteria(nobs: int, order: int, sigma2: float) -> InformationCriteria:
+    k = order + 2
+    loglik = -0.5 * nobs * (math.log(2 * math.pi) + math.log(sigma2) + 1.0)
+    return InformationCriteria(loglik, -2 * loglik + 2 * k, -2 * loglik + k * math.log(nobs))
 
 
 def information_criteria(fit: ARFit) -> InformationCriteria:
-    n = fit.nobs
-    k = fit.order + 2
-    loglik = -0.5 * n * (jnp.log(2 * jnp.pi) + jnp.log(fit.sigma2) + 1.0)
-    return InformationCriteria(loglik, -2 * loglik + 2 * k, -2 * loglik + k * np.log(n))
+    """Log-likelihood, AIC and BIC of a least-squares :class:`ARFit` (see the class).
+
+    Computed in float64 on the host from ``fit.sigma2`` and ``fit.nobs``.
+    """
+    fit = _check_fit(fit)
+    if not fit.sigma2 > 0:
+        raise ValueError("fit.sigma2 must be > 0 for a log-likelihood (a perfect fit has none)")
+    return _criteria(fit.nobs, fit.order, float(fit.sigma2))
 
 
 def select_order(y, max_p: int, *, criterion: str = "bic") -> tuple[int, np.ndarray]:
     """The order in 1..max_p minimising AIC or BIC, all fits on the same targets ``y[max_p:]``.
 
-    Returns ``(best_p, scores (max_p,))`` with ``scores[p - 1]`` the criterion of AR(p).
-    (statsmodels ``ar_select_order(y, max_p, ic=criterion, glob=False)`` agrees, except that
-    it also considers p = 0.)
+    One float64 QR factorisation of the ``max_p``-lag design serves every order (the first
+    k + 1 columns of :math:`QR` are the AR(k) design; see :func:`fit_ar_ls`).
+
+    Returns ``(best_p, scores (max_p,))`` with ``scores[p - 1]`` the criterion of AR(p)
+    (float64). (statsmodels ``ar_select_order(y, max_p, ic=criterion, glob=False)`` agrees,
+    except that it also considers p = 0.)
     """
-    max_p = _check_order(max_p, "max_p")
+    max_p = _validate.count(max_p, "max_p")
     if criterion not in ("aic", "bic"):
         raise ValueError(f"criterion must be 'aic' or 'bic', got {criterion!r}")
     y = _as_series(y, max_p, min_length=2 * max_p + 1)
-    intercepts, coeffs, sigma2 = _ls_all_orders_kernel(y, max_p)  # one compile for all p
-    scores = np.array([
-        float(getattr(information_criteria(
-            ARFit(intercepts[p - 1], coeffs[p - 1, :p], sigma2[p - 1], int(y.shape[0] - max_p))
-        ), criterion))
-        for p in range(1, max_p + 1)
-    ])
+    _check_not_constant(y)
+    nobs = int(y.shape[0] - max_p)
+    fits = _qr_least_squares(y, max_p, max_p, range(1, max_p + 1))
+    scores = np.array([getattr(_criteria(nobs, p, rss / nobs), criterion)
+                       for p, (_, _, rss) in zip(range(1, max_p + 1), fits)])
     return int(np.argmin(scores)) + 1, scores
-
-
-# =========================================================================== n-gram models
-
-
-class NGramModel(NamedTuple):
-    """A character n-gram model: :math:`p(x_t \\mid x_{t-n+1..t-1})` in one dense table.
-
-    Attributes:
-      log_probs: (V ** (n - 1), V) log-probabilities; row ``context_index(ctx)``.
-      order: n (1 = unigram, 2 = bigram, ...).
-      vocab_size: V.
-    """
-
-    log_probs: jax.Array
-    order: int
-    vocab_size: int
-
-
-def _check_ngram_order(order, vocab_size: int) -> int:
-    if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order < 1:
-        raise ValueError(f"order must be an integer >= 1, got {order!r}")
-    if int(vocab_size) < 1:
-        raise ValueError(f"vocab_size must be >= 1, got {vocab_size!r}")
-    if int(vocab_size) ** int(order) > MAX_TABLE_SIZE:
-        raise ValueError(
-            f"order {order} is too large for a dense table over {vocab_size} symbols "
-            f"({vocab_size}**{order} entries > {MAX_TABLE_SIZE}); use a lower order"
-        )
-    return int(order)
-
-
-def name_windows(names: Sequence[str], vocab, order: int) -> np.ndarray:
-    """Every n-gram of every name, with boundary padding: ``(N, order)`` int32 ids.
-
-    Each name becomes ``"." * (order - 1) + name + "."``, so the first letter is predicted
-    from "start" and the model learns when to stop; windows never straddle two names.
-    ``vocab`` is a :class:`course_lib.data.CharVocab` that contains :data:`BOUNDARY`.
-    """
-    order = _check_ngram_order(order, vocab.size)
-    if BOUNDARY not in vocab.chars:
-        raise ValueError(f"vocab must contain the boundary symbol {BOUNDARY!r}")
-    if not len(names):
-        raise ValueError("names must not be empty")
-    rows = []
-    for name in names:
-        ids = vocab.encode(BOUNDARY * (order - 1) + name + BOUNDARY)
-        rows.append(np.lib.stride_tricks.sliding_window_view(ids, order))
-    return np.concatenate(rows).astype(np.int32)
-
-
-def text_windows(ids, order: int) -> jax.Array:
-    """Sliding windows over one long id sequence: (len(ids) - order + 1, order)."""
-    ids = jnp.asarray(ids, dtype=jnp.int32)
-    if ids.ndim != 1:
-        raise ValueError(f"ids must be 1-D, got shape {ids.shape}")
-    if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or order < 1:
-        raise ValueError(f"order must be an integer >= 1, got {order!r}")
-    if ids.shape[0] < order:
-        raise ValueError(f"ids has {ids.shape[0]} symbols; order {order} needs at least {order}")
-    n = ids.shape[0] - order + 1
-    return jnp.stack([ids[i: i + n] for i in range(order)], axis=1)
-
-
-def context_index(contexts: jax.Array, vocab_size: int) -> jax.Array:
-    """Row of a context in an n-gram table: base-V number, oldest symbol most significant.
-
-    Args: contexts (..., n - 1) int ids. Returns (...,) int32 in [0, V ** (n - 1)).
-    """
-    contexts = jnp.asarray(contexts, jnp.int32)
-    width = contexts.shape[-1]
-    weights = jnp.asarray(vocab_size ** np.arange(width - 1, -1, -1), jnp.int32)
-    return jnp.sum(contexts * weights, axis=-1).astype(jnp.int32)
-
-
-def _check_windows(windows, vocab_size: int) -> jax.Array:
-    w = np.asarray(windows)
-    if w.ndim != 2 or w.shape[0] == 0:
-        raise ValueError(f"windows must be a non-empty (N, order) array of ids, got shape {w.shape}")
-    if not np.issubdtype(w.dtype, np.integer):
-        raise ValueError(f"windows must hold integer ids, got dtype {w.dtype}")
-    if w.min() < 0 or w.max() >= vocab_size:
-        raise ValueError(f"windows holds ids outside [0, {vocab_size}) (vocab_size={vocab_size})")
-    return jnp.asarray(w, jnp.int32)
-
-
-@partial(jax.jit, static_argnames=("vocab_size",))
-def _counts_kernel(windows, vocab_size):
-    order = windows.shape[1]
-    rows = context_index(windows[:, :-1], vocab_size)
-    flat = rows * vocab_size + windows[:, -1]
-    counts = jnp.zeros(vocab_size ** order, jnp.result_type(float)).at[flat].add(1.0)
-    return counts.reshape(vocab_size ** (order - 1), vocab_size)
-
-
-def ngram_counts(windows, vocab_size: int) -> jax.Array:
-    """Count table ``C[ctx, x]`` = number of windows with context ctx and next symbol x.
-
-    Args: windows (N, n) ids in [0, V). Returns (V ** (n - 1), V) float counts (a
-    scatter-add, one pass over the data).
-    """
-    vocab_size = int(vocab_size)
-    windows = _check_windows(windows, vocab_size)
-    _check_ngram_order(windows.shape[1], vocab_size)
-    return _counts_kernel(windows, vocab_size)
-
-
-def _check_smoothing(k) -> float:
-    k = float(k)
-    if not np.isfinite(k) or k < 0:
-        raise ValueError(f"k (add-k smoothing) must be a finite number >= 0, got {k!r}")
-    return k
-
-
-@jax.jit
-def _add_k_log_probs(counts, k):
-    v = counts.shape[1]
-    totals = counts.sum(axis=1, keepdims=True)
-    smoothed = (counts + k) / (totals + k * v)
-    # an unseen context with k = 0 has no data at all: fall back to uniform
-    smoothed = jnp.where(totals + k * v > 0, smoothed, 1.0 / v)
-    return jnp.log(smoothed)
-
-
-def fit_ngram(windows, vocab_size: int, *, k: float = 1.0) -> NGramModel:
-    """Add-k smoothed n-gram: :math:`p(x \\mid h) = \\frac{C(h, x) + k}{C(h) + kV}`.
-
-    ``k = 1`` is Laplace smoothing; ``k = 0`` is the maximum-likelihood estimate (zero
-    probability for every unseen n-gram, so infinite perplexity on text containing one).
-    """
-    k = _check_smoothing(k)
-    counts = ngram_counts(windows, vocab_size)
-    order = int(np.asarray(windows).shape[1])
-    return NGramModel(_add_k_log_probs(counts, jnp.asarray(k, counts.dtype)), order, int(vocab_size))
-
-
-def fit_interpolated_ngram(windows, vocab_size: int, lambdas, *, k: float = 0.01) -> NGramModel:
-    """Linear interpolation of add-k models of orders 1..n (Jelinek-Mercer).
-
-    :math:`p(x \\mid h) = \\sum_{j=1}^{n} \\lambda_j\\, p_j(x \\mid \\text{last } j-1 \\text{ symbols of } h)`,
-    with :math:`\\lambda \\ge 0, \\sum_j \\lambda_j = 1`. Each lower order is counted from the
-    tails of the same windows; its table row for a full context h is ``h mod V ** (j - 1)``.
-
-    Args:
-      windows: (N, n) ids; lambdas: (n,) weights, lambdas[j - 1] for order j.
-    """
-    windows = _check_windows(windows, int(vocab_size))
-    order = int(windows.shape[1])
-    lam = np.asarray(lambdas, dtype=float).reshape(-1)
-    if lam.shape != (order,) or np.any(lam < 0) or not np.isclose(lam.sum(), 1.0):
-        raise ValueError(
-            f"lambdas must be {order} non-negative weights summing to 1 (one per order 1..{order}), "
-            f"got {lambdas!r}"
-        )
-    v = int(vocab_size)
-    rows = np.arange(v ** (order - 1))
-    mixed = 0.0
-    for j in range(1, order + 1):
-        probs = jnp.exp(fit_ngram(windows[:, order - j:], v, k=k).log_probs)  # (V^(j-1), V)
-        mixed = mixed + lam[j - 1] * probs[rows % (v ** (j - 1))]
-    return NGramModel(jnp.log(mixed), order, v)
-
-
-@jax.jit
-def _window_log_probs(log_probs, windows):
-    v = log_probs.shape[1]
-    rows = context_index(windows[:, :-1], v)
-    return log_probs[rows, windows[:, -1]]
-
-
-def log_likelihood(model: NGramModel, windows) -> jax.Array:
-    """Chain-rule log-likelihood :math:`\\sum_t \\log p(x_t \\mid x_{t-n+1..t-1})` (scalar, nats)."""
-    windows = _check_windows(windows, model.vocab_size)
-    if windows.shape[1] != model.order:
-        raise ValueError(f"windows have order {windows.shape[1]}, the model has order {model.order}")
-    return jnp.sum(_window_log_probs(model.log_probs, windows))
-
-
-def perplexity(model: NGramModel, windows) -> jax.Array:
-    """:math:`\\exp(-\\frac1N \\sum_t \\log p(x_t \\mid \\cdot))`: the effective number of
-    equally likely choices per symbol (a uniform model over V symbols scores exactly V)."""
-    total = log_likelihood(model, windows)  # validates windows
-    return jnp.exp(-total / np.shape(windows)[0])
-
-
-@partial(jax.jit, static_argnames=("order", "n_samples", "length"))
-def _sample_kernel(key, log_probs, start, order, n_samples, length, temperature):
-    v = log_probs.shape[1]
-    n_rows = v ** (order - 1)
-    keys = jax.random.split(key, length)
-
-    def step(ctx, step_key):  # ctx: (n_samples,) context rows
-        logits = log_probs[ctx] / temperature
-        nxt = jax.random.categorical(step_key, logits, axis=-1).astype(jnp.int32)
-        ctx = (ctx * v + nxt) % n_rows if order > 1 else ctx
-        return ctx, nxt
-
-    ctx0 = jnp.full((n_samples,), start, jnp.int32)
-    _, ids = jax.lax.scan(step, ctx0, keys)
-    return ids.T
-
-
-def sample_ngram(key: jax.Array, model: NGramModel, n_samples: int, length: int, *,
-                 temperature: float = 1.0, context=None) -> jax.Array:
-    """Sample ``n_samples`` sequences of ``length`` symbols, one symbol per scan step.
-
-    Each step draws :math:`x_t \\sim \\mathrm{softmax}(\\log p(\\cdot \\mid h_t) / T)` with
-    ``jax.random.categorical``. T = 1 samples the model; T < 1 sharpens it (T -> 0 is
-    greedy), T > 1 flattens it toward uniform.
-
-    Args:
-      key: a PRNG key.
-      context: the first n - 1 ids (default: all boundary, id 0, the start of a name).
-
-    Returns: (n_samples, length) int32 ids (for names, cut each at its first boundary with
-    :func:`decode_names`).
-    """
-    temperature = _check_temperature(temperature)
-    for name, val in (("n_samples", n_samples), ("length", length)):
-        if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {val!r}")
-    v, order = model.vocab_size, model.order
-    ctx = np.zeros(order - 1, np.int32) if context is None else np.asarray(context, np.int32)
-    if ctx.shape != (order - 1,) or (ctx.size and (ctx.min() < 0 or ctx.max() >= v)):
-        raise ValueError(f"context must be {order - 1} ids in [0, {v}), got {context!r}")
-    start = int(context_index(ctx, v)) if order > 1 else 0
-    return _sample_kernel(key, model.log_probs, start, order, int(n_samples), int(length),
-                          jnp.asarray(temperature, model.log_probs.dtype))
-
-
-def decode_names(ids, vocab) -> list[str]:
-    """Turn sampled rows of ids into names: each row up to (not including) its first boundary."""
-    out = []
-    for row in np.asarray(ids):
-        text = vocab.decode(row)
-        out.append(text.split(BOUNDARY, 1)[0])
-    return out
-
-
-# =========================================================================== neural bigram
-
-
-@jax.jit
-def bigram_loss(logits_table: jax.Array, inputs: jax.Array, targets: jax.Array) -> jax.Array:
-    """Mean negative log-likelihood of a "neural" bigram: :math:`p(y \\mid x) = \\mathrm{softmax}(W_x)_y`.
-
-    :math:`L(W) = -\\frac1N \\sum_n \\log \\mathrm{softmax}(W_{x_n})_{y_n}`. Its gradient is
-    :math:`\\partial L / \\partial W = (\\mathrm{diag}(C\\mathbf 1) \\mathrm{softmax}(W) - C) / N`
-    with C the bigram count table, so it vanishes exactly where
-    :math:`\\mathrm{softmax}(W_x) = C_x / C_x\\mathbf 1`: the count-based bigram.
-
-    Args: logits_table (V, V); inputs, targets (N,) ids.
-    """
-    logits = logits_table[inputs]
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, targets))
-
-
-def bigram_mle_loss(counts) -> jax.Array:
-    """The smallest achievable :func:`bigram_loss`: :math:`-\\frac1N\\sum_{x,y} C_{xy}\\log(C_{xy}/C_x)`."""
-    counts = jnp.asarray(counts)
-    totals = counts.sum(axis=1, keepdims=True)
-    safe = jnp.where(counts > 0, counts / jnp.where(totals > 0, totals, 1.0), 1.0)
-    return -jnp.sum(counts * jnp.log(safe)) / jnp.sum(counts)
-
-
-@partial(jax.jit, static_argnames=("vocab_size", "steps"))
-def _train_bigram_kernel(key, inputs, targets, vocab_size, steps, learning_rate, init_scale):
-    optimizer = optax.adam(learning_rate)
-    w = init_scale * jax.random.normal(key, (vocab_size, vocab_size), jnp.result_type(float))
-    state = optimizer.init(w)
-    loss_and_grad = jax.value_and_grad(bigram_loss)
-
-    def step(carry, _):
-        w, state = carry
-        loss, grad = loss_and_grad(w, inputs, targets)
-        updates, state = optimizer.update(grad, state, w)
-        return (optax.apply_updates(w, updates), state), loss
-
-    (w, _), losses = jax.lax.scan(step, (w, state), None, length=steps)
-    return w, losses
-
-
-def train_neural_bigram(key: jax.Array, inputs, targets, vocab_size: int, *, steps: int = 500,
-                        learning_rate: float = 0.5, init_scale: float = 0.01):
-    """Fit a (V, V) logits table by full-batch Adam on :func:`bigram_loss`.
-
-    The whole loop is one ``lax.scan`` (jit-compiled once). Returns ``(W (V, V), losses
-    (steps,))``; ``losses[t]`` is the loss before update t.
-    """
-    v = int(vocab_size)
-    inputs = _check_windows(np.stack([np.asarray(inputs), np.asarray(targets)], axis=1), v)
-    steps = _check_order(steps, "steps")
-    if not float(learning_rate) > 0:
-        raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
-    return _train_bigram_kernel(key, inputs[:, 0], inputs[:, 1], v, steps,
-                                float(learning_rate), float(init_scale))
