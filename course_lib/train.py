@@ -960,10 +960,17 @@ def loop(state, update: UpdateFn, data: tuple, *, steps: int, batch_size: int, k
     key = _as_key(key)
     _, step_key, eval_key = fit_keys(key)
 
+    names: list[list[str]] = []          # the metric names of the first step
+
     def step(t: int, idx: np.ndarray):
         batch = tuple(a[idx] for a in data)
         metrics = _check_metrics(update(state, batch, jax.random.fold_in(step_key, t), t),
                                  "update's result")
+        if not names:
+            names.append(list(metrics))
+        elif list(metrics) != names[0]:
+            raise ValueError(f"update must return the same metric names at every step: the "
+                             f"first step gave {names[0]}, step {t} gave {list(metrics)}")
         metrics = {k: jnp.asarray(v) for k, v in metrics.items()}
         return _finite((metrics, nnx.state(state))), metrics
 
