@@ -15,6 +15,21 @@ with weights :math:`\pi_k \ge 0`, :math:`\sum_k \pi_k = 1`. Three covariance sha
 The covariance type of a :class:`GMMParams` is read off the number of dimensions of its
 ``covariances``, so only :func:`init_params` and :func:`fit` take ``covariance_type``.
 
+Argument order (the course's convention): the parameters first, then the data, so
+``log_likelihood(params, x)``, ``em(params, x)``; ``key`` first for anything random:
+``fit(key, x, n_components)``, ``sample(key, params, n)``. Every option is keyword-only.
+
+How :func:`fit` starts (as scikit-learn's default ``init_params="kmeans"``): k-means++ seeds,
+then Lloyd's k-means iterations to convergence, then one M-step from the hard assignment
+(weights = cluster fractions, cluster means and covariances + ``reg_covar``). Several restarts
+run at once (``vmap``); the best is the one with the highest final log-likelihood among the
+restarts without a *degenerate* component: one holding fewer than ``min_points`` effective
+points :math:`N\pi_k` (default :math:`D+1` for full covariances, 2 otherwise; fewer points
+than that cannot determine the covariance, which then sits on the ``reg_covar`` floor while
+the likelihood grows without bound). Degenerate restarts are reported
+(:attr:`FitResult.degenerate`), never chosen; if every restart is degenerate :func:`fit`
+raises, unless ``min_points=0`` asks for them.
+
 How EM is computed here (the kernel behind :func:`em`). Every step works with the
 *whitened residuals* :math:`y_{nk} = L_k^{-1}(x_n - \mu_k)`, where :math:`\Sigma_k = L_k
 L_k^\top` is the Cholesky factorisation:
@@ -37,7 +52,11 @@ numbers keep float32 accurate even for thin components (expanding
 :math:`x^\top\Lambda x - 2\mu^\top\Lambda x + \mu^\top\Lambda\mu` into sufficient
 statistics of x is faster still, but loses digits to cancellation there). The loop is a
 ``lax.while_loop`` (tolerance and iteration cap) that records the log-likelihood of every
-iteration; :func:`fit` runs several k-means++ restarts at once with ``vmap``.
+iteration.
+
+Breakdowns are reported, never returned as NaN: a Cholesky factorisation that fails in the
+working precision (a covariance positive definite only to within rounding, e.g. with
+``reg_covar=0`` in float32) raises an error that names ``covariances`` or ``reg_covar``.
 
 Everything is dtype-generic: float32 inputs give float32 results, float64 inputs (under
 ``jax.enable_x64(True)``) give float64 results.
@@ -54,7 +73,19 @@ import numpy as np
 from jax.scipy.linalg import solve_triangular
 from jax.scipy.special import logsumexp
 
+from course_lib import _validate
+
+__all__ = [
+    "COVARIANCE_TYPES", "INITS", "GMMParams", "EMResult", "FitResult",
+    "covariance_type_of", "component_log_prob", "log_density", "log_likelihood",
+    "responsibilities", "predict", "em", "kmeans_plus_plus", "kmeans", "init_params", "fit",
+    "sample", "n_parameters", "bic", "aic",
+]
+
 COVARIANCE_TYPES = ("full", "diag", "spherical")
+INITS = ("kmeans", "kmeans++")
+_KMEANS_MAX_ITER = 300   # scikit-learn's KMeans defaults
+_KMEANS_TOL = 1e-4
 
 
 class GMMParams(NamedTuple):
@@ -95,40 +126,33 @@ class FitResult(NamedTuple):
     """What :func:`fit` returns: the best restart and all of them.
 
     Attributes:
-      best: the :class:`EMResult` of the restart with the highest final log-likelihood.
+      best: the :class:`EMResult` of the restart with the highest final log-likelihood among
+        the restarts that are neither degenerate nor broken down (NaN).
       restarts: every restart's :class:`EMResult`, stacked on a leading axis (R, ...).
       best_index: () index of ``best`` in ``restarts``.
-      init: the R initial parameters (stacked), from k-means++.
+      init: the R initial parameters (stacked), from k-means (or k-means++ seeds).
+      degenerate: (R,) whether a restart ended with a component of fewer than ``min_points``
+        effective points :math:`N\\pi_k` (its covariance is held up by ``reg_covar`` alone).
     """
 
     best: EMResult
     restarts: EMResult
     best_index: jax.Array
     init: GMMParams
+    degenerate: jax.Array
 
 
 # --------------------------------------------------------------------------- validation
 
 
-def _is_concrete(*arrays) -> bool:
-    return not any(isinstance(a, jax.core.Tracer) for a in arrays)
-
-
-def _float_array(x, name: str):
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        x = x.astype(jnp.result_type(float))
-    return x
-
-
 def _check_data(x, name: str = "x") -> jax.Array:
-    x = _float_array(x, name)
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array (N points, D features), got shape {x.shape}")
+    """(N, D) real data, N >= 1 and D >= 1, finite (when concrete)."""
+    if isinstance(x, GMMParams):
+        raise ValueError(f"{name} must be the data (N, D), got a GMMParams: the argument order "
+                         f"is (params, x), parameters first")
+    x = _validate.real_array(x, name, ndim=2)
     if x.shape[0] < 1 or x.shape[1] < 1:
-        raise ValueError(f"{name} must have at least one point and one feature, got shape {x.shape}")
-    if _is_concrete(x) and not bool(jnp.all(jnp.isfinite(x))):
-        raise ValueError(f"{name} contains NaN or infinite values")
+        raise ValueError(f"{name} must have at least one point and one feature (N, D), got shape {x.shape}")
     return x
 
 
@@ -137,64 +161,73 @@ def covariance_type_of(params: GMMParams) -> str:
     return {3: "full", 2: "diag", 1: "spherical"}.get(jnp.ndim(params.covariances), "unknown")
 
 
-def _check_params(params: GMMParams, d: int | None = None) -> GMMParams:
-    """Shapes always; values (weights sum to 1, positive definite, finite) when concrete."""
+def _check_params(params: GMMParams, d: int | None = None, dtype=None) -> GMMParams:
+    """Shapes always; values when concrete: weights are probabilities, means finite,
+    covariances symmetric positive definite (variances positive) and, in the precision the
+    kernels will use (``dtype``, default the covariances' own), with a finite Cholesky factor."""
     if not isinstance(params, tuple) or len(params) != 3:
-        raise ValueError("params must be a GMMParams(weights, means, covariances)")
-    weights, means, covs = (_float_array(a, n) for a, n in zip(params, GMMParams._fields))
-    if weights.ndim != 1:
-        raise ValueError(f"weights must have shape (K,), got {weights.shape}")
+        raise ValueError(f"params must be a GMMParams(weights, means, covariances), "
+                         f"got {type(params).__name__}")
+    weights = _validate.real_array(params[0], "weights", ndim=1)
+    means = _validate.real_array(params[1], "means", ndim=2)
+    covs = _validate.real_array(params[2], "covariances", ndim=(1, 2, 3))
     k = weights.shape[0]
-    if means.ndim != 2 or means.shape[0] != k:
+    if k < 1:
+        raise ValueError("weights must hold at least one component, got shape (0,)")
+    if means.shape[0] != k:
         raise ValueError(f"means must have shape (K={k}, D), got {means.shape}")
     dim = means.shape[1]
     if d is not None and dim != d:
         raise ValueError(f"means must have D={d} columns to match x, got {means.shape}")
-    expected = {3: (k, dim, dim), 2: (k, dim), 1: (k,)}.get(covs.ndim)
-    if expected is None or covs.shape != expected:
+    expected = {3: (k, dim, dim), 2: (k, dim), 1: (k,)}[covs.ndim]
+    if covs.shape != expected:
         raise ValueError(
             f"covariances must have shape (K, D, D) full, (K, D) diag or (K,) spherical with "
-            f"K={k}, D={dim}; got {covs.shape}"
-        )
-    if _is_concrete(weights, means, covs):
-        for name, a in (("weights", weights), ("means", means), ("covariances", covs)):
-            if not bool(jnp.all(jnp.isfinite(a))):
-                raise ValueError(f"{name} contains NaN or infinite values")
-        w = np.asarray(weights, np.float64)
-        if np.any(w < 0) or abs(w.sum() - 1.0) > 1e-4:
-            raise ValueError(f"weights must be non-negative and sum to 1, got sum {w.sum():.6g}")
-        c = np.asarray(covs, np.float64)
+            f"K={k}, D={dim}; got {covs.shape}")
+    if _validate.is_concrete(weights, means, covs):
+        _validate.probabilities(weights, "weights")
         if covs.ndim == 3:
-            if not np.allclose(c, np.swapaxes(c, 1, 2), rtol=1e-5, atol=1e-8 * np.abs(c).max()):
-                raise ValueError("covariances must be symmetric")
-            if np.any(np.linalg.eigvalsh(c) <= 0):
-                raise ValueError("covariances must be positive definite")
-        elif np.any(c <= 0):
-            raise ValueError("covariances (variances) must be positive")
+            _validate.positive_definite(covs, "covariances")
+        elif np.any(np.asarray(covs) <= 0):
+            raise ValueError(f"covariances (variances) must be positive, got {float(jnp.min(covs)):.3g}")
+        _check_factor(covs, "covariances", dtype or covs.dtype)
     return GMMParams(weights, means, covs)
 
 
+def _check_factor(covs, name: str, dtype, hint: str = "") -> None:
+    """Raise when the covariances cannot be factorised in ``dtype`` (concrete values only).
+
+    A matrix positive definite in float64 can fail Cholesky in float32 (its smallest
+    eigenvalue below float32's rounding of the largest): ``jnp.linalg.cholesky`` then returns
+    NaN without a word, and every density after it would be NaN.
+    """
+    if not _validate.is_concrete(covs):
+        return
+    c = jnp.asarray(covs, dtype)
+    ok = jnp.all(jnp.isfinite(jnp.linalg.cholesky(c))) if c.ndim == 3 else jnp.all(c > 0)
+    if not bool(ok):
+        raise ValueError(
+            f"{name}: a covariance is not positive definite in {jnp.dtype(dtype).name} (its Cholesky "
+            f"factor is not finite: the matrix is singular to within rounding){hint}; add to the "
+            f"diagonal (reg_covar), drop a component, or compute in float64")
+
+
 def _check_n_components(n_components, n_points: int) -> int:
-    if not isinstance(n_components, (int, np.integer)) or n_components < 1:
-        raise ValueError(f"n_components must be a positive integer, got {n_components!r}")
-    if n_components > n_points:
-        raise ValueError(f"n_components={n_components} exceeds the number of points N={n_points}")
-    return int(n_components)
+    k = _validate.count(n_components, "n_components")
+    if k > n_points:
+        raise ValueError(f"n_components={k} exceeds the number of points N={n_points}")
+    return k
 
 
-def _check_covariance_type(covariance_type: str) -> str:
-    if covariance_type not in COVARIANCE_TYPES:
+def _check_covariance_type(covariance_type) -> str:
+    if not isinstance(covariance_type, str) or covariance_type not in COVARIANCE_TYPES:
         raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES}, got {covariance_type!r}")
     return covariance_type
 
 
-def _check_em_options(max_iter, tol, reg_covar) -> None:
-    if not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
-        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
-    if not tol >= 0:
-        raise ValueError(f"tol must be >= 0 (0 runs exactly max_iter iterations), got {tol!r}")
-    if not reg_covar >= 0:
-        raise ValueError(f"reg_covar must be >= 0, got {reg_covar!r}")
+def _check_em_options(max_iter, tol, reg_covar) -> tuple[int, float, float]:
+    return (_validate.count(max_iter, "max_iter"), _validate.real(tol, "tol", low=0.0),
+            _validate.real(reg_covar, "reg_covar", low=0.0))
 
 
 # --------------------------------------------------------------------------- whitened residuals
@@ -263,14 +296,15 @@ def _normalise(log_joint):
 # --------------------------------------------------------------------------- densities
 
 
-def component_log_prob(x: jax.Array, params: GMMParams) -> jax.Array:
+def component_log_prob(params: GMMParams, x: jax.Array) -> jax.Array:
     r"""(N, K) log-joint :math:`\log\pi_k + \log\mathcal N(x_n\mid\mu_k,\Sigma_k)`, via Cholesky.
 
     :math:`\log\mathcal N = -\tfrac12\lVert L_k^{-1}(x-\mu_k)\rVert^2 - \sum_i\log L_{k,ii}
-    - \tfrac D2\log 2\pi` where :math:`\Sigma_k = L_k L_k^\top`.
+    - \tfrac D2\log 2\pi` where :math:`\Sigma_k = L_k L_k^\top`. ``params`` first, then the
+    data ``x`` (N, D).
     """
     x = _check_data(x)
-    params = _check_params(params, x.shape[1])
+    params = _check_params(params, x.shape[1], x.dtype)
     return _component_log_prob(x, params)
 
 
@@ -281,25 +315,25 @@ def _component_log_prob(x, params: GMMParams):
     return _log_joint(_whiten(x.T, wh), wh).T
 
 
-def log_density(x: jax.Array, params: GMMParams) -> jax.Array:
+def log_density(params: GMMParams, x: jax.Array) -> jax.Array:
     """(N,) log p(x_n) = logsumexp_k [log π_k + log N(x_n | μ_k, Σ_k)]."""
-    return logsumexp(component_log_prob(x, params), axis=1)
+    return logsumexp(component_log_prob(params, x), axis=1)
 
 
-def log_likelihood(x: jax.Array, params: GMMParams) -> jax.Array:
+def log_likelihood(params: GMMParams, x: jax.Array) -> jax.Array:
     """() mean log-likelihood per point, (1/N) Σ_n log p(x_n) (scikit-learn's ``score``)."""
-    return jnp.mean(log_density(x, params))
+    return jnp.mean(log_density(params, x))
 
 
-def responsibilities(x: jax.Array, params: GMMParams) -> jax.Array:
+def responsibilities(params: GMMParams, x: jax.Array) -> jax.Array:
     """(N, K) soft assignment r_nk = p(z = k | x_n), each row summing to 1."""
-    log_joint = component_log_prob(x, params)
+    log_joint = component_log_prob(params, x)
     return jnp.exp(log_joint - logsumexp(log_joint, axis=1, keepdims=True))
 
 
-def predict(x: jax.Array, params: GMMParams) -> jax.Array:
+def predict(params: GMMParams, x: jax.Array) -> jax.Array:
     """(N,) hard assignment argmax_k p(z = k | x_n), int32."""
-    return jnp.argmax(component_log_prob(x, params), axis=1).astype(jnp.int32)
+    return jnp.argmax(component_log_prob(params, x), axis=1).astype(jnp.int32)
 
 
 # --------------------------------------------------------------------------- EM
@@ -435,34 +469,38 @@ def _em_kernel(x, init, tol, reg_covar, *, max_iter, block_size):
 
 
 def em(
+    params: GMMParams,
     x: jax.Array,
-    init: GMMParams,
     *,
     max_iter: int = 100,
     tol: float = 1e-3,
     reg_covar: float = 1e-6,
     block_size: int = 1024,
 ) -> EMResult:
-    """Run EM from ``init`` until the mean log-likelihood changes by less than ``tol``.
+    """Run EM from ``params`` until the mean log-likelihood per point changes by less than ``tol``.
 
     Args:
+      params: starting parameters (their covariance type is kept).
       x: (N, D) data.
-      init: starting parameters (their covariance type is kept).
       max_iter: iteration cap (static: changing it recompiles; ``tol`` and ``reg_covar`` do not).
-      tol: stop when ``|ll_t - ll_{t-1}| < tol`` (mean per point, as scikit-learn); 0 runs
-        exactly ``max_iter`` iterations.
+      tol: stop when ``|ll_t - ll_{t-1}| < tol``, ``ll`` the mean log-likelihood per point
+        (as scikit-learn); 0 runs exactly ``max_iter`` iterations.
       reg_covar: added to the diagonal of every covariance in the M-step.
       block_size: points per block of the fused E+M pass (memory, not results).
 
     Returns:
       :class:`EMResult`.
+
+    Raises:
+      FloatingPointError: naming ``reg_covar``, when a component collapsed and its
+        covariance could no longer be factorised (the log-likelihood is not finite).
     """
     x = _check_data(x)
-    init = _check_params(init, x.shape[1])
-    _check_n_components(init.weights.shape[0], x.shape[0])
-    _check_em_options(max_iter, tol, reg_covar)
-    _check_block_size(block_size)
-    res = _em_kernel(x, init, tol, reg_covar, max_iter=int(max_iter), block_size=int(block_size))
+    params = _check_params(params, x.shape[1], x.dtype)
+    _check_n_components(params.weights.shape[0], x.shape[0])
+    max_iter, tol, reg_covar = _check_em_options(max_iter, tol, reg_covar)
+    block_size = _validate.count(block_size, "block_size")
+    res = _em_kernel(x, params, tol, reg_covar, max_iter=max_iter, block_size=block_size)
     _check_em_result(res, reg_covar)
     return res
 
@@ -471,9 +509,10 @@ def _check_em_result(res: EMResult, reg_covar) -> None:
     """Raise instead of returning NaN when EM broke down (a component collapsed).
 
     Without enough regularisation a component can shrink onto a few points: its covariance
-    becomes singular, the likelihood is unbounded, and the next E-step divides 0 by 0.
+    becomes singular, the likelihood is unbounded, and the next E-step divides 0 by 0 (or the
+    Cholesky factorisation of the covariance fails and returns NaN).
     """
-    if not _is_concrete(res.log_likelihood):   # traced inside a caller's jit: nothing to check
+    if not _validate.is_concrete(res.log_likelihood):   # traced inside a caller's jit
         return
     n_iter = int(res.n_iter)
     finite = bool(jnp.isfinite(res.log_likelihood)) and bool(jnp.all(jnp.isfinite(res.history[:n_iter])))
@@ -484,24 +523,27 @@ def _check_em_result(res: EMResult, reg_covar) -> None:
             f"(now {float(reg_covar):g}) or use fewer components")
 
 
-def _check_block_size(block_size) -> None:
-    if not isinstance(block_size, (int, np.integer)) or block_size < 1:
-        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
-
-
 # --------------------------------------------------------------------------- initialisation
 
 
-def kmeans_plus_plus(key: jax.Array, x: jax.Array, n_components: int) -> jax.Array:
-    """(K, D) k-means++ seeds: the first a uniformly random point, each next one drawn with
-    probability proportional to its squared distance to the nearest seed chosen so far."""
+def kmeans_plus_plus(key: jax.Array, x: jax.Array, n_components: int, *,
+                     n_local_trials: int | None = None) -> jax.Array:
+    r"""(K, D) k-means++ seeds: the first a uniformly random point, each next one drawn with
+    probability proportional to its squared distance to the nearest seed chosen so far.
+
+    ``n_local_trials`` candidates are drawn for each next seed, and the one that lowers the
+    k-means potential :math:`\sum_n \min_k \lVert x_n - c_k\rVert^2` most is kept
+    ("greedy k-means++", scikit-learn's seeding). ``None`` (default): scikit-learn's
+    ``2 + int(log K)``; ``1``: the classic k-means++ of Arthur and Vassilvitskii.
+    """
     x = _check_data(x)
     k = _check_n_components(n_components, x.shape[0])
-    return _kmeans_plus_plus(key, x, n_components=k)
+    trials = 2 + int(math.log(k)) if n_local_trials is None else _validate.count(n_local_trials, "n_local_trials")
+    return _kmeans_plus_plus(key, x, n_components=k, n_local_trials=trials)
 
 
-@partial(jax.jit, static_argnames="n_components")
-def _kmeans_plus_plus(key, x, *, n_components):
+@partial(jax.jit, static_argnames=("n_components", "n_local_trials"))
+def _kmeans_plus_plus(key, x, *, n_components, n_local_trials=1):
     n = x.shape[0]
     keys = jax.random.split(key, n_components)
     first = jax.random.randint(keys[0], (), 0, n)
@@ -511,87 +553,206 @@ def _kmeans_plus_plus(key, x, *, n_components):
     def step(carry, k):
         centers, d2 = carry
         # Points already chosen have d2 = 0 (log 0 = -inf), so they are never drawn again.
-        idx = jax.random.categorical(keys[k], jnp.log(d2))
-        centers = centers.at[k].set(x[idx])
-        d2 = jnp.minimum(d2, jnp.sum((x - x[idx]) ** 2, axis=1))
-        return (centers, d2), None
+        idx = jax.random.categorical(keys[k], jnp.log(d2), shape=(n_local_trials,))
+        cand = jnp.minimum(d2[None], jnp.sum((x[None] - x[idx][:, None]) ** 2, axis=2))  # (T, N)
+        best = jnp.argmin(jnp.sum(cand, axis=1))   # the candidate with the lowest potential
+        centers = centers.at[k].set(x[idx[best]])
+        return (centers, cand[best]), None
 
     (centers, _), _ = jax.lax.scan(step, (centers, d2), jnp.arange(1, n_components))
     return centers
 
 
+def kmeans(x: jax.Array, centers: jax.Array, *, max_iter: int = _KMEANS_MAX_ITER,
+           tol: float = _KMEANS_TOL) -> tuple[jax.Array, jax.Array]:
+    r"""Lloyd's k-means from ``centers`` (K, D): assign every point to its nearest centre, move
+    each centre to the mean of its points, repeat.
+
+    Stops when no assignment changes, when the centres move by less than ``tol`` times the
+    data's mean variance in total (:math:`\sum_k\lVert c_k^{new} - c_k\rVert^2`, scikit-learn's
+    rule), or after ``max_iter`` iterations. A centre left without points moves to the point
+    farthest from its own centre (as scikit-learn does). Returns ``(centers (K, D), labels (N,)
+    int32)`` with the labels those of the returned centres.
+    """
+    x = _check_data(x)
+    centers = _validate.real_array(centers, "centers", ndim=2, dtype=x.dtype)
+    if centers.shape[1] != x.shape[1]:
+        raise ValueError(f"centers must have D={x.shape[1]} columns to match x, got {centers.shape}")
+    _check_n_components(centers.shape[0], x.shape[0])
+    max_iter = _validate.count(max_iter, "max_iter")
+    tol = _validate.real(tol, "tol", low=0.0)
+    center = jnp.mean(x, axis=0)
+    out, labels = _kmeans(x - center, centers - center, tol, max_iter=max_iter)
+    return out + center, labels
+
+
+def _assign(x, centers):
+    """Nearest centre of each point, and the squared distance to it (N,)."""
+    # ‖x - c‖² = ‖x‖² - 2 x·c + ‖c‖² (x centred, so the expansion loses little in float32)
+    d2 = jnp.sum(x * x, axis=1)[:, None] - 2 * x @ centers.T + jnp.sum(centers**2, axis=1)[None]
+    labels = jnp.argmin(d2, axis=1)
+    return labels, jnp.maximum(jnp.take_along_axis(d2, labels[:, None], axis=1)[:, 0], 0.0)
+
+
+@partial(jax.jit, static_argnames="max_iter")
+def _kmeans(x, centers, tol, *, max_iter):
+    """Lloyd iterations on centred data; see :func:`kmeans`."""
+    k = centers.shape[0]
+    tol = tol * jnp.mean(jnp.var(x, axis=0))
+
+    def body(state):
+        centers, labels_prev, it, _ = state
+        labels, d2 = _assign(x, centers)
+        labels = labels.astype(jnp.int32)
+        onehot = jax.nn.one_hot(labels, k, dtype=x.dtype)
+        counts = jnp.sum(onehot, axis=0)
+        new = (onehot.T @ x) / jnp.maximum(counts, 1.0)[:, None]
+        empty = counts == 0   # the j-th empty centre takes the j-th farthest point
+        farthest = jax.lax.top_k(d2, k)[1]
+        new = jnp.where(empty[:, None], x[farthest[jnp.maximum(jnp.cumsum(empty) - 1, 0)]], new)
+        shift = jnp.sum((new - centers) ** 2)
+        done = (shift <= tol) | jnp.all(labels == labels_prev)
+        return new, labels, it + 1, done
+
+    state = (centers, jnp.full((x.shape[0],), -1, jnp.int32), jnp.asarray(0, jnp.int32), jnp.asarray(False))
+    centers = jax.lax.while_loop(lambda s: (s[2] < max_iter) & ~s[3], body, state)[0]
+    return centers, _assign(x, centers)[0].astype(jnp.int32)
+
+
 def init_params(
-    key: jax.Array, x: jax.Array, n_components: int, covariance_type: str = "full", *, reg_covar: float = 1e-6
+    key: jax.Array, x: jax.Array, n_components: int, *, covariance_type: str = "full",
+    init: str = "kmeans", reg_covar: float = 1e-6,
 ) -> GMMParams:
-    """k-means++ seeds, every point assigned to its nearest seed, then the M-step of that
-    hard assignment: weights = cluster fractions, cluster means, cluster covariances + reg_covar·I."""
+    """A starting point for EM, as scikit-learn's ``GaussianMixture`` makes it.
+
+    ``init="kmeans"`` (default): k-means++ seeds, then Lloyd's k-means to convergence
+    (:func:`kmeans`), then the M-step of that hard assignment: weights = cluster fractions,
+    cluster means, cluster covariances + ``reg_covar``·I. The seeds are greedy k-means++
+    (:func:`kmeans_plus_plus` with its default ``n_local_trials``), as scikit-learn's.
+    ``init="kmeans++"``: classic k-means++ seeds (one trial) and the same M-step from the
+    seeds' own assignment (every point to its nearest seed, no k-means iterations): a faster,
+    rougher start, more often in a poor or degenerate optimum.
+
+    Raises ValueError naming ``reg_covar`` when a cluster's covariance cannot be factorised
+    (e.g. a cluster of fewer than D+1 points with ``reg_covar=0``).
+    """
     x = _check_data(x)
     k = _check_n_components(n_components, x.shape[0])
     _check_covariance_type(covariance_type)
-    _check_em_options(1, 0.0, reg_covar)
-    return _init_params(key, x, reg_covar, n_components=k, covariance_type=covariance_type)
+    _check_init(init)
+    reg_covar = _validate.real(reg_covar, "reg_covar", low=0.0)
+    out = _init_params(key, x, reg_covar, n_components=k, covariance_type=covariance_type, init=init)
+    _check_factor(out.covariances, "reg_covar", x.dtype,
+                  f" (reg_covar={reg_covar:g} leaves a cluster of fewer than D+1 points singular)")
+    return out
 
 
-@partial(jax.jit, static_argnames=("n_components", "covariance_type"))
-def _init_params(key, x, reg_covar, *, n_components, covariance_type):
-    seeds = _kmeans_plus_plus(key, x, n_components=n_components)
+def _check_init(init) -> str:
+    if not isinstance(init, str) or init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    return init
+
+
+@partial(jax.jit, static_argnames=("n_components", "covariance_type", "init"))
+def _init_params(key, x, reg_covar, *, n_components, covariance_type, init):
+    center = jnp.mean(x, axis=0)
+    xc = x - center
+    # "kmeans": scikit-learn's greedy seeding then Lloyd; "kmeans++": classic seeds, one step
+    trials = 2 + int(math.log(n_components)) if init == "kmeans" else 1
+    seeds = _kmeans_plus_plus(key, xc, n_components=n_components, n_local_trials=trials)
+    if init == "kmeans":
+        _, labels = _kmeans(xc, seeds, jnp.asarray(_KMEANS_TOL, x.dtype), max_iter=_KMEANS_MAX_ITER)
+    else:
+        labels = _assign(xc, seeds)[0]
     d = x.shape[1]
-    # ‖x - c‖² = ‖x‖² - 2 x·c + ‖c‖²; the first term is the same for every seed.
-    labels = jnp.argmin(jnp.sum(seeds**2, axis=1)[None] - 2 * x @ seeds.T, axis=1)
     hard = jax.nn.one_hot(labels, n_components, dtype=x.dtype)  # (N, K)
     nk = jnp.sum(hard, axis=0) + 10 * jnp.finfo(x.dtype).eps
-    means = (hard.T @ x) / nk[:, None]
-    diff = x[:, None, :] - means[None]  # (N, K, D)
+    means = (hard.T @ xc) / nk[:, None]
+    diff = xc - means[labels]  # (N, D): each point minus its own cluster's mean
     if covariance_type == "full":
-        covs = jnp.einsum("nk,nkd,nke->kde", hard, diff, diff) / nk[:, None, None]
+        covs = jax.lax.map(lambda h: (diff * h[:, None]).T @ diff, hard.T) / nk[:, None, None]
         covs = covs + reg_covar * jnp.eye(d, dtype=x.dtype)
     else:
-        var = jnp.einsum("nk,nkd->kd", hard, diff**2) / nk[:, None]
+        var = (hard.T @ diff**2) / nk[:, None]
         covs = var + reg_covar if covariance_type == "diag" else jnp.mean(var, axis=1) + reg_covar
-    return GMMParams(nk / jnp.sum(nk), means, covs)
+    return GMMParams(nk / jnp.sum(nk), means + center, covs)
 
 
 def fit(
     key: jax.Array,
     x: jax.Array,
     n_components: int,
-    covariance_type: str = "full",
     *,
+    covariance_type: str = "full",
     n_restarts: int = 4,
+    init: str = "kmeans",
     max_iter: int = 100,
     tol: float = 1e-3,
     reg_covar: float = 1e-6,
+    min_points: float | None = None,
     block_size: int = 1024,
 ) -> FitResult:
-    """``n_restarts`` k-means++ initialisations, EM from each (all at once with ``vmap``),
-    and the restart with the highest final mean log-likelihood."""
+    """``n_restarts`` starts from :func:`init_params` (k-means by default), EM from each (all at
+    once with ``vmap``), and the best restart.
+
+    The best restart has the highest final mean log-likelihood among the restarts whose
+    log-likelihood is finite and whose every component holds at least ``min_points``
+    effective points :math:`N\\pi_k` (default ``None``: D+1 for ``full``, 2 for ``diag`` and
+    ``spherical``; fewer points cannot determine a covariance, which then sits on the
+    ``reg_covar`` floor). ``min_points=0`` accepts degenerate components.
+
+    Raises:
+      FloatingPointError: naming ``reg_covar``, when every restart broke down (NaN).
+      ValueError: naming ``min_points``, when every restart ended degenerate.
+    """
     x = _check_data(x)
     k = _check_n_components(n_components, x.shape[0])
     _check_covariance_type(covariance_type)
-    _check_em_options(max_iter, tol, reg_covar)
-    _check_block_size(block_size)
-    if not isinstance(n_restarts, (int, np.integer)) or n_restarts < 1:
-        raise ValueError(f"n_restarts must be a positive integer, got {n_restarts!r}")
-    return _fit_kernel(
-        key, x, tol, reg_covar, n_components=k, covariance_type=covariance_type,
-        n_restarts=int(n_restarts), max_iter=int(max_iter), block_size=int(block_size),
+    _check_init(init)
+    max_iter, tol, reg_covar = _check_em_options(max_iter, tol, reg_covar)
+    block_size = _validate.count(block_size, "block_size")
+    n_restarts = _validate.count(n_restarts, "n_restarts")
+    if min_points is None:
+        min_points = x.shape[1] + 1.0 if covariance_type == "full" else 2.0
+    min_points = _validate.real(min_points, "min_points", low=0.0)
+    res = _fit_kernel(
+        key, x, tol, reg_covar, min_points, n_components=k, covariance_type=covariance_type, init=init,
+        n_restarts=n_restarts, max_iter=max_iter, block_size=block_size,
     )
+    if _validate.is_concrete(res.restarts.log_likelihood):
+        lls = np.asarray(res.restarts.log_likelihood)
+        if not np.any(np.isfinite(lls)):
+            raise FloatingPointError(
+                f"EM broke down in every one of the {n_restarts} restarts (log-likelihood not finite: "
+                f"a component collapsed and its covariance could not be factorised); increase "
+                f"reg_covar (now {reg_covar:g}) or use fewer components")
+        if not np.any(np.isfinite(lls) & ~np.asarray(res.degenerate)):
+            fewest = float(np.min(np.asarray(res.restarts.params.weights) * x.shape[0]))
+            raise ValueError(
+                f"every one of the {n_restarts} restarts ended with a degenerate component (fewer than "
+                f"min_points={min_points:g} effective points, as few as {fewest:.1f}; its covariance "
+                f"rests on reg_covar alone): use fewer components, covariance_type='diag', more "
+                f"restarts, or min_points=0 to accept it")
+    return res
 
 
-@partial(jax.jit, static_argnames=("n_components", "covariance_type", "n_restarts", "max_iter", "block_size"))
-def _fit_kernel(key, x, tol, reg_covar, *, n_components, covariance_type, n_restarts, max_iter, block_size):
+@partial(jax.jit, static_argnames=("n_components", "covariance_type", "init", "n_restarts", "max_iter",
+                                   "block_size"))
+def _fit_kernel(key, x, tol, reg_covar, min_points, *, n_components, covariance_type, init, n_restarts,
+                max_iter, block_size):
     tol, reg_covar = jnp.asarray(tol, x.dtype), jnp.asarray(reg_covar, x.dtype)
     keys = jax.random.split(key, n_restarts)
-    inits = jax.vmap(
-        lambda k: _init_params(k, x, reg_covar, n_components=n_components, covariance_type=covariance_type)
-    )(keys)
+    inits = jax.vmap(lambda k: _init_params(
+        k, x, reg_covar, n_components=n_components, covariance_type=covariance_type, init=init))(keys)
     blocks = _blocks(x, block_size)  # shared by every restart
     run = partial(_em_loop, max_iter=max_iter)
     restarts = jax.vmap(run, in_axes=(None, 0, None, None))(blocks, _shift(inits, -blocks.center), tol, reg_covar)
     restarts = restarts._replace(params=_shift(restarts.params, blocks.center))
-    # A restart whose likelihood is NaN never wins.
-    best = jnp.argmax(jnp.where(jnp.isnan(restarts.log_likelihood), -jnp.inf, restarts.log_likelihood))
-    return FitResult(jax.tree.map(lambda a: a[best], restarts), restarts, best, inits)
+    degenerate = jnp.min(restarts.params.weights, axis=1) * x.shape[0] < min_points
+    # A restart whose likelihood is NaN, or that is degenerate, never wins.
+    ll = restarts.log_likelihood
+    best = jnp.argmax(jnp.where(jnp.isfinite(ll) & ~degenerate, ll, -jnp.inf))
+    return FitResult(jax.tree.map(lambda a: a[best], restarts), restarts, best, inits, degenerate)
 
 
 # --------------------------------------------------------------------------- sampling, model choice
@@ -603,9 +764,8 @@ def sample(key: jax.Array, params: GMMParams, n: int) -> tuple[jax.Array, jax.Ar
     Returns ``(x (n, D), z (n,) int32)``.
     """
     params = _check_params(params)
-    if not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
-    return _sample(key, params, n=int(n))
+    n = _validate.count(n, "n")
+    return _sample(key, params, n=n)
 
 
 @partial(jax.jit, static_argnames="n")
@@ -623,20 +783,26 @@ def _sample(key, params, *, n):
 
 def n_parameters(n_components: int, dim: int, covariance_type: str) -> int:
     """Free parameters: K-1 weights, K·D means, and K·D(D+1)/2 (full), K·D (diag) or K (spherical)."""
+    n_components = _validate.count(n_components, "n_components")
+    dim = _validate.count(dim, "dim")
     _check_covariance_type(covariance_type)
     cov = {"full": dim * (dim + 1) // 2, "diag": dim, "spherical": 1}[covariance_type]
     return int(n_components - 1 + n_components * dim + n_components * cov)
 
 
-def bic(x: jax.Array, params: GMMParams) -> jax.Array:
+def _criterion(params, x, penalty) -> jax.Array:
+    x = _check_data(x)
+    params = _check_params(params, x.shape[1], x.dtype)
+    k, d = params.means.shape
+    p = n_parameters(k, d, covariance_type_of(params))
+    return -2.0 * x.shape[0] * log_likelihood(params, x) + p * penalty(x.shape[0])
+
+
+def bic(params: GMMParams, x: jax.Array) -> jax.Array:
     """Bayesian information criterion, -2 log L + p log N (lower is better)."""
-    x = _check_data(x)
-    p = n_parameters(params.means.shape[0], params.means.shape[1], covariance_type_of(params))
-    return -2.0 * x.shape[0] * log_likelihood(x, params) + p * math.log(x.shape[0])
+    return _criterion(params, x, math.log)
 
 
-def aic(x: jax.Array, params: GMMParams) -> jax.Array:
+def aic(params: GMMParams, x: jax.Array) -> jax.Array:
     """Akaike information criterion, -2 log L + 2p (lower is better)."""
-    x = _check_data(x)
-    p = n_parameters(params.means.shape[0], params.means.shape[1], covariance_type_of(params))
-    return -2.0 * x.shape[0] * log_likelihood(x, params) + 2.0 * p
+    return _criterion(params, x, lambda n: 2.0)

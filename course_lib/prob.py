@@ -3,11 +3,20 @@ generative classifier, and discrete Bayesian networks.
 
 Shapes: ``N`` points, ``D`` dimensions, ``C`` classes, ``K`` categories, ``V`` nodes of a
 Bayesian network. Every function is pure, works under ``jit`` (with the structural arguments
-static) and takes an explicit PRNG key where it samples. Values (probabilities that must be
-non-negative and sum to 1) are checked when they are concrete; under ``jit`` only shapes are.
+static) and takes an explicit PRNG key where it samples. Argument order (the course's
+convention): ``key`` first, then the distribution's parameters (``mean, cov``, ``model``,
+``net``), then the data (``x``), then sizes (``n``); options are keyword-only. So
+``gaussian_logpdf(mean, cov, x)``, ``sample_gaussian(key, mean, cov, n)``.
+
+Values are checked when they are concrete (under ``jit`` only shapes are): covariances must be
+symmetric positive definite (and factorisable in the working precision), data finite,
+probabilities non-negative and summing to 1, labels, node ids and states in range. Each error
+is a ``ValueError`` that names the argument.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from functools import partial
 from typing import Mapping, NamedTuple
@@ -17,30 +26,65 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp, xlogy
 
-LOG_2PI = jnp.log(2.0 * jnp.pi)
+from course_lib import _validate
+
+__all__ = [
+    "LOG_2PI", "gaussian_logpdf", "sample_gaussian", "GaussianFit", "gaussian_mle", "kl_gaussians",
+    "kl_monte_carlo", "GaussianClassifier", "fit_gaussian_classifier", "class_log_joint",
+    "class_posterior", "sample_labelled", "entropy", "cross_entropy", "kl_categorical", "BayesNet",
+    "bayes_net", "topological_order", "bn_joint", "bn_sample", "bn_query", "bn_likelihood_weighting",
+    "d_separated", "conditional_mutual_information",
+]
+
+# A Python float: no array is built at import (which would start a JAX backend), and it keeps
+# double precision until it meets an array of the working dtype.
+LOG_2PI = math.log(2.0 * math.pi)
 
 
-def _check_gaussian(mean, cov) -> None:
-    if mean.ndim != 1:
-        raise ValueError(f"mean must have shape (D,), got {mean.shape}")
+def _cholesky(cov, name: str) -> jax.Array:
+    """The Cholesky factor of ``cov``, refused (naming ``name``) when it is not finite: a
+    matrix positive definite in float64 can still fail in float32, and ``jnp.linalg.cholesky``
+    then returns NaN without a word."""
+    chol = jnp.linalg.cholesky(cov)
+    if _validate.is_concrete(chol) and not bool(jnp.all(jnp.isfinite(chol))):
+        raise ValueError(f"{name} is not positive definite in {cov.dtype} (its Cholesky factor is "
+                         f"not finite: singular to within rounding); add to its diagonal or use float64")
+    return chol
+
+
+def _gaussian(mean, cov, names=("mean", "cov")) -> tuple[jax.Array, jax.Array]:
+    """A (D,) mean and a (D, D) symmetric positive definite covariance, in one float dtype."""
+    mean = _validate.real_array(mean, names[0], ndim=1)
+    if mean.shape[0] < 1:
+        raise ValueError(f"{names[0]} must have at least one dimension, got shape {mean.shape}")
     d = mean.shape[0]
+    cov = _validate.real_array(cov, names[1], ndim=2)
     if cov.shape != (d, d):
-        raise ValueError(f"cov must have shape ({d}, {d}) to match mean, got {cov.shape}")
+        raise ValueError(f"{names[1]} must have shape ({d}, {d}) to match {names[0]}, got {cov.shape}")
+    cov = _validate.positive_definite(cov, names[1])
+    dtype = jnp.result_type(mean.dtype, cov.dtype)
+    return mean.astype(dtype), cov.astype(dtype)
 
 
-def gaussian_logpdf(x: jax.Array, mean: jax.Array, cov: jax.Array) -> jax.Array:
+def _points(x, d: int, name: str = "x") -> jax.Array:
+    x = _validate.real_array(x, name)
+    if x.ndim < 1 or x.shape[-1] != d:
+        raise ValueError(f"{name} must end in D={d} (the mean's size), got shape {x.shape}")
+    return x
+
+
+def gaussian_logpdf(mean: jax.Array, cov: jax.Array, x: jax.Array) -> jax.Array:
     """log N(x | mean, cov) for x (..., D), via the Cholesky factor L (cov = L L^T).
 
     log N = -1/2 [ D log 2π + log|Σ| + (x-μ)^T Σ^{-1} (x-μ) ],  with
     log|Σ| = 2 Σ_i log L_ii and (x-μ)^T Σ^{-1} (x-μ) = |L^{-1}(x-μ)|².
-    Returns shape (...,).
+    ``mean`` (D,), ``cov`` (D, D) symmetric positive definite. Returns shape (...,).
     """
-    mean, cov = jnp.asarray(mean), jnp.asarray(cov)
-    _check_gaussian(mean, cov)
-    x = jnp.asarray(x)
-    if x.shape[-1] != mean.shape[0]:
-        raise ValueError(f"x must end in D={mean.shape[0]} (the mean's size), got shape {x.shape}")
-    chol = jnp.linalg.cholesky(cov)
+    mean, cov = _gaussian(mean, cov)
+    x = _points(x, mean.shape[0])
+    dtype = jnp.result_type(x.dtype, mean.dtype)
+    mean, cov, x = mean.astype(dtype), cov.astype(dtype), x.astype(dtype)
+    chol = _cholesky(cov, "cov")
     diff = (x - mean).reshape(-1, mean.shape[0])
     z = jax.scipy.linalg.solve_triangular(chol, diff.T, lower=True)  # (D, M)
     maha = jnp.sum(z * z, axis=0)
@@ -51,10 +95,10 @@ def gaussian_logpdf(x: jax.Array, mean: jax.Array, cov: jax.Array) -> jax.Array:
 
 def sample_gaussian(key: jax.Array, mean: jax.Array, cov: jax.Array, n: int) -> jax.Array:
     """n draws x = μ + L ε with ε ~ N(0, I) and cov = L L^T. Returns (n, D)."""
-    mean, cov = jnp.asarray(mean), jnp.asarray(cov)
-    _check_gaussian(mean, cov)
+    mean, cov = _gaussian(mean, cov)
+    n = _validate.count(n, "n")
     eps = jax.random.normal(key, (n, mean.shape[0]), dtype=mean.dtype)
-    return mean + eps @ jnp.linalg.cholesky(cov).T
+    return mean + eps @ _cholesky(cov, "cov").T
 
 
 class GaussianFit(NamedTuple):
@@ -65,10 +109,14 @@ class GaussianFit(NamedTuple):
 
 
 def gaussian_mle(x: jax.Array) -> GaussianFit:
-    """Closed-form MLE: μ̂ = (1/N) Σ x_n, Σ̂ = (1/N) Σ (x_n - μ̂)(x_n - μ̂)^T (biased, 1/N)."""
-    x = jnp.asarray(x)
-    if x.ndim != 2 or x.shape[0] < 1:
-        raise ValueError(f"x must have shape (N, D) with N >= 1, got {x.shape}")
+    """Closed-form MLE: μ̂ = (1/N) Σ x_n, Σ̂ = (1/N) Σ (x_n - μ̂)(x_n - μ̂)^T (biased, 1/N).
+
+    ``x`` (N, D) finite, N >= 1. With N <= D points Σ̂ is singular (not a density's
+    covariance): add to its diagonal before using it.
+    """
+    x = _validate.real_array(x, "x", ndim=2)
+    if x.shape[0] < 1 or x.shape[1] < 1:
+        raise ValueError(f"x must have shape (N, D) with N >= 1 and D >= 1, got {x.shape}")
     mean = x.mean(axis=0)
     diff = x - mean
     return GaussianFit(mean, diff.T @ diff / x.shape[0])
@@ -79,24 +127,29 @@ def kl_gaussians(mean0, cov0, mean1, cov1) -> jax.Array:
 
     KL = 1/2 [ tr(Σ1^{-1} Σ0) + (μ1-μ0)^T Σ1^{-1} (μ1-μ0) - D + log|Σ1| - log|Σ0| ].
     """
-    mean0, cov0, mean1, cov1 = map(jnp.asarray, (mean0, cov0, mean1, cov1))
-    _check_gaussian(mean0, cov0)
-    _check_gaussian(mean1, cov1)
+    mean0, cov0 = _gaussian(mean0, cov0, ("mean0", "cov0"))
+    mean1, cov1 = _gaussian(mean1, cov1, ("mean1", "cov1"))
     if mean0.shape != mean1.shape:
         raise ValueError(f"mean0 and mean1 must have the same shape, got {mean0.shape} and {mean1.shape}")
-    chol1 = jnp.linalg.cholesky(cov1)
+    dtype = jnp.result_type(mean0.dtype, mean1.dtype)
+    mean0, cov0, mean1, cov1 = (a.astype(dtype) for a in (mean0, cov0, mean1, cov1))
+    chol1 = _cholesky(cov1, "cov1")
     solve = lambda b: jax.scipy.linalg.cho_solve((chol1, True), b)
     d = mean0.shape[0]
     diff = mean1 - mean0
-    log_det0 = 2.0 * jnp.sum(jnp.log(jnp.diag(jnp.linalg.cholesky(cov0))))
+    log_det0 = 2.0 * jnp.sum(jnp.log(jnp.diag(_cholesky(cov0, "cov0"))))
     log_det1 = 2.0 * jnp.sum(jnp.log(jnp.diag(chol1)))
     return 0.5 * (jnp.trace(solve(cov0)) + diff @ solve(diff) - d + log_det1 - log_det0)
 
 
 def kl_monte_carlo(key, mean0, cov0, mean1, cov1, n: int) -> jax.Array:
     """Monte Carlo KL(N0 ‖ N1) ≈ (1/n) Σ [log N0(x_i) - log N1(x_i)], x_i ~ N0."""
+    mean0, cov0 = _gaussian(mean0, cov0, ("mean0", "cov0"))
+    mean1, cov1 = _gaussian(mean1, cov1, ("mean1", "cov1"))
+    if mean0.shape != mean1.shape:
+        raise ValueError(f"mean0 and mean1 must have the same shape, got {mean0.shape} and {mean1.shape}")
     x = sample_gaussian(key, mean0, cov0, n)
-    return jnp.mean(gaussian_logpdf(x, mean0, cov0) - gaussian_logpdf(x, mean1, cov1))
+    return jnp.mean(gaussian_logpdf(mean0, cov0, x) - gaussian_logpdf(mean1, cov1, x))
 
 
 # --------------------------------------------------------------------------- classifier
@@ -113,32 +166,70 @@ class GaussianClassifier(NamedTuple):
     covs: jax.Array
 
 
-def fit_gaussian_classifier(x, y, num_classes: int, reg: float = 1e-6) -> GaussianClassifier:
+def fit_gaussian_classifier(x, y, num_classes: int, *, reg: float = 1e-6) -> GaussianClassifier:
     """Maximum likelihood for p(y) (class frequencies) and each class's Gaussian.
 
-    ``reg`` is added to each covariance's diagonal so that a class with few points still
-    has an invertible covariance. Labels must be ints in [0, num_classes).
+    ``x`` (N, D) finite features, ``y`` (N,) integer labels in ``[0, num_classes)`` (a label
+    outside is an error, never dropped), every class with at least one point. ``reg`` >= 0 is
+    added to each covariance's diagonal so that a class with few points (N_c <= D) still has
+    an invertible covariance; a covariance that cannot be factorised is an error naming ``reg``.
     """
-    x, y = jnp.asarray(x), jnp.asarray(y)
-    if x.ndim != 2:
-        raise ValueError(f"x must have shape (N, D), got {x.shape}")
+    x = _validate.real_array(x, "x", ndim=2)
+    num_classes = _validate.count(num_classes, "num_classes")
+    y = _validate.ids(y, "y", num_classes, ndim=1, what="classes")
+    reg = _validate.real(reg, "reg", low=0.0)
     if y.shape != (x.shape[0],):
         raise ValueError(f"y must have shape ({x.shape[0]},) to match x, got {y.shape}")
     onehot = jax.nn.one_hot(y, num_classes, dtype=x.dtype)  # (N, C)
     counts = onehot.sum(axis=0)
-    if bool(jnp.any(counts == 0)):
-        raise ValueError(f"every class in [0, {num_classes}) needs at least one point; counts {counts}")
+    if _validate.is_concrete(counts) and bool(jnp.any(counts == 0)):
+        raise ValueError(f"y: every class in [0, {num_classes}) needs at least one point; "
+                         f"counts {np.asarray(counts).astype(int).tolist()}")
     means = (onehot.T @ x) / counts[:, None]
     diff = x[None, :, :] - means[:, None, :]                     # (C, N, D)
     covs = jnp.einsum("cn,cnd,cne->cde", onehot.T, diff, diff) / counts[:, None, None]
     covs = covs + reg * jnp.eye(x.shape[1], dtype=x.dtype)
+    if _validate.is_concrete(covs) and not bool(jnp.all(jnp.isfinite(jnp.linalg.cholesky(covs)))):
+        raise ValueError(f"reg={reg:g} leaves a class covariance singular (a class with no more points "
+                         f"than dimensions, or constant features): use reg > 0")
     return GaussianClassifier(jnp.log(counts / counts.sum()), means, covs)
 
 
+def _check_classifier(model) -> GaussianClassifier:
+    """Shapes always; values when concrete: exp(log_prior) a distribution, covariances SPD."""
+    if not isinstance(model, tuple) or len(model) != 3:
+        raise ValueError(f"model must be a GaussianClassifier(log_prior, means, covs), got {type(model).__name__}")
+    log_prior = _validate.real_array(model[0], "log_prior", ndim=1, finite=False)
+    means = _validate.real_array(model[1], "means", ndim=2)
+    covs = _validate.real_array(model[2], "covs", ndim=3)
+    c = log_prior.shape[0]
+    if c < 1 or means.shape[0] != c or covs.shape != (c, means.shape[1], means.shape[1]):
+        raise ValueError(f"model: log_prior (C,), means (C, D) and covs (C, D, D) must agree, got "
+                         f"{log_prior.shape}, {means.shape}, {covs.shape}")
+    if _validate.is_concrete(log_prior):
+        if bool(jnp.any(jnp.isnan(log_prior) | (log_prior == jnp.inf))):
+            raise ValueError("log_prior must hold log-probabilities (no NaN, no +inf)")
+        _validate.probabilities(jnp.exp(log_prior), "log_prior (as probabilities)")
+    covs = _validate.positive_definite(covs, "covs")
+    _cholesky(covs, "covs")
+    return GaussianClassifier(log_prior, means, covs)
+
+
 def class_log_joint(model: GaussianClassifier, x: jax.Array) -> jax.Array:
-    """log p(x, y=c) for every class: (N, C)."""
-    per_class = jax.vmap(lambda m, s: gaussian_logpdf(x, m, s))(model.means, model.covs)  # (C, N)
+    """log p(x, y=c) for every class: (N, C), for ``x`` (N, D)."""
+    model = _check_classifier(model)
+    x = _validate.real_array(x, "x", ndim=2)
+    if x.shape[1] != model.means.shape[1]:
+        raise ValueError(f"x must have D={model.means.shape[1]} columns (the model's), got shape {x.shape}")
+    per_class = jax.vmap(lambda m, s: _logpdf(m, s, x))(model.means, model.covs)  # (C, N)
     return per_class.T + model.log_prior
+
+
+def _logpdf(mean, cov, x):
+    """gaussian_logpdf without the checks (its arguments are checked, or traced under vmap)."""
+    chol = jnp.linalg.cholesky(cov)
+    z = jax.scipy.linalg.solve_triangular(chol, (x - mean).T, lower=True)
+    return -0.5 * (mean.shape[0] * LOG_2PI + 2.0 * jnp.sum(jnp.log(jnp.diag(chol))) + jnp.sum(z * z, axis=0))
 
 
 def class_posterior(model: GaussianClassifier, x: jax.Array) -> jax.Array:
@@ -149,6 +240,8 @@ def class_posterior(model: GaussianClassifier, x: jax.Array) -> jax.Array:
 
 def sample_labelled(key, model: GaussianClassifier, n: int):
     """Draw n brand-new pairs (x, y): y ~ p(y), then x ~ N(μ_y, Σ_y). Returns x (n, D), y (n,)."""
+    model = _check_classifier(model)
+    n = _validate.count(n, "n")
     k_y, k_x = jax.random.split(key)
     y = jax.random.categorical(k_y, model.log_prior, shape=(n,))
     chol = jnp.linalg.cholesky(model.covs)                       # (C, D, D)
@@ -160,43 +253,28 @@ def sample_labelled(key, model: GaussianClassifier, n: int):
 # --------------------------------------------------------------------------- validation
 
 
-def _is_concrete(x) -> bool:
-    """False under ``jit``/``vmap`` tracing, where values cannot be inspected."""
-    return not isinstance(x, jax.core.Tracer)
+def _index(value, name: str, size: int, what: str = "a node index") -> int:
+    """A Python/NumPy integer in [0, size); bools and floats are refused (True is not node 1)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or not 0 <= value < size:
+        raise ValueError(f"{name} must be {what} in [0, {size}), got {value!r}")
+    return int(value)
 
 
 def _check_distribution(name: str, p, axis: int = -1) -> jax.Array:
-    """``p`` as a float array whose slices along ``axis`` are probability vectors.
-
-    Raises ValueError naming ``name`` when a concrete ``p`` has a NaN, a negative entry or a
-    slice that does not sum to 1 (tolerance 1e-4 in float32, 1e-8 in float64).
-    """
-    p = jnp.asarray(p)
-    if not jnp.issubdtype(p.dtype, jnp.floating):
-        raise ValueError(f"{name} must be a floating-point array of probabilities, got dtype {p.dtype}")
-    if p.ndim == 0 or p.shape[axis] < 1:
+    """``p`` as a float array whose slices along ``axis`` are probability vectors (values
+    checked by ``_validate.probabilities`` when concrete)."""
+    p = _validate.real_array(p, name)
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, numbers.Integral):
+        raise ValueError(f"axis must be an integer, got {axis!r}")
+    if p.ndim == 0 or not -p.ndim <= axis < p.ndim or p.shape[axis] < 1:
         raise ValueError(f"{name} must have at least one category along axis {axis}, got shape {p.shape}")
-    if _is_concrete(p):
-        v = np.asarray(p, dtype=np.float64)
-        if not np.all(np.isfinite(v)):
-            raise ValueError(f"{name} has a NaN or infinite entry; probabilities must be finite")
-        if np.any(v < 0):
-            raise ValueError(f"{name} has a negative entry ({v.min():.3g}); probabilities are >= 0")
-        sums = v.sum(axis=axis)
-        tol = 1e-8 if p.dtype == jnp.float64 else 1e-4
-        bad = np.argwhere(np.atleast_1d(np.abs(sums - 1.0) > tol))
-        if len(bad):
-            where = tuple(int(i) for i in bad[0]) if sums.ndim else ()
-            slice_ = f"the slice at {where}" if where else "it"
-            raise ValueError(f"{name} must sum to 1 along axis {axis}; {slice_} "
-                             f"sums to {float(sums[where]):.6g}")
-    return p
+    return _validate.probabilities(p, name, axis=axis)
 
 
 # --------------------------------------------------------------------------- entropy and KL
 
 
-def entropy(p: jax.Array, axis: int = -1) -> jax.Array:
+def entropy(p: jax.Array, *, axis: int = -1) -> jax.Array:
     """Shannon entropy in nats, H(p) = -Σ_k p_k log p_k, with 0 log 0 = 0.
 
     ``p`` (..., K) probability vectors along ``axis``; returns (...). Divide by log 2 for
@@ -206,20 +284,34 @@ def entropy(p: jax.Array, axis: int = -1) -> jax.Array:
     return 0.0 - jnp.sum(xlogy(p, p), axis=axis)     # 0 - 0 = +0: a certain outcome prints 0, not -0
 
 
-def cross_entropy(p: jax.Array, q: jax.Array, axis: int = -1) -> jax.Array:
+def cross_entropy(p: jax.Array, q: jax.Array, *, axis: int = -1) -> jax.Array:
     """Cross-entropy in nats, H(p, q) = -Σ_k p_k log q_k = H(p) + KL(p ‖ q) >= H(p).
 
     The average surprise -log q(x) of outcomes drawn from p. Infinite where q_k = 0 < p_k.
     ``p`` and ``q`` broadcast; (..., K) -> (...).
     """
-    p, q = _check_distribution("p", p, axis), _check_distribution("q", q, axis)
+    p, q = _pair(p, q, axis)
     return 0.0 - jnp.sum(xlogy(p, q), axis=axis)
 
 
-def kl_categorical(p: jax.Array, q: jax.Array, axis: int = -1) -> jax.Array:
+def kl_categorical(p: jax.Array, q: jax.Array, *, axis: int = -1) -> jax.Array:
     """KL(p ‖ q) = Σ_k p_k log(p_k / q_k) >= 0 in nats, with 0 log 0 = 0. (..., K) -> (...)."""
-    p, q = _check_distribution("p", p, axis), _check_distribution("q", q, axis)
+    p, q = _pair(p, q, axis)
     return jnp.sum(xlogy(p, p) - xlogy(p, q), axis=axis)
+
+
+def _pair(p, q, axis):
+    """Two distributions over the same categories (shapes that broadcast)."""
+    p, q = _check_distribution("p", p, axis), _check_distribution("q", q, axis)
+    try:
+        jnp.broadcast_shapes(p.shape, q.shape)
+    except ValueError:
+        raise ValueError(f"p and q must have shapes that broadcast (the same categories), got "
+                         f"{p.shape} and {q.shape}") from None
+    if p.shape[axis] != q.shape[axis]:
+        raise ValueError(f"p and q must have the same number of categories along axis {axis}, got "
+                         f"{p.shape[axis]} and {q.shape[axis]}")
+    return p, q
 
 
 # --------------------------------------------------------------------------- Bayesian networks
@@ -255,6 +347,7 @@ def topological_order(parents) -> tuple:
     Ties are broken by the smallest index, so the order is deterministic. Raises
     ValueError naming ``parents`` when the graph has a cycle (a Bayesian network is a DAG).
     """
+    parents = _check_parents(parents)
     n = len(parents)
     waiting = [len(set(p)) for p in parents]
     children = [[] for _ in range(n)]
@@ -277,19 +370,31 @@ def topological_order(parents) -> tuple:
     return tuple(order)
 
 
-def _check_structure(parents, cpts) -> None:
-    """Shapes and graph of a network (static: works under jit)."""
+def _check_parents(parents) -> tuple:
+    """``parents`` as a tuple of tuples of node indices in [0, V), no self-loop, no repeat."""
+    if isinstance(parents, (str, bytes)) or not hasattr(parents, "__len__"):
+        raise ValueError(f"parents must be a sequence of V tuples of node indices, got {parents!r}")
     n = len(parents)
-    if len(cpts) != n:
-        raise ValueError(f"cpts must hold one table per node: {n} nodes in parents, {len(cpts)} tables")
+    out = []
     for i, ps in enumerate(parents):
+        if not isinstance(ps, (tuple, list)):
+            raise ValueError(f"parents[{i}] must be a tuple of node indices (() for a root), got {ps!r}")
         for p in ps:
-            if not isinstance(p, (int, np.integer)) or not 0 <= p < n:
+            if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Integral) or not 0 <= p < n:
                 raise ValueError(f"parents[{i}] names {p!r}, not a node index in [0, {n})")
             if p == i:
                 raise ValueError(f"parents[{i}] lists node {i} itself: a self-loop is a cycle")
         if len(set(ps)) != len(ps):
             raise ValueError(f"parents[{i}] = {tuple(ps)} lists a parent twice")
+        out.append(tuple(int(p) for p in ps))
+    return tuple(out)
+
+
+def _check_structure(parents, cpts) -> None:
+    """Shapes and graph of a network (static: works under jit)."""
+    n = len(parents)
+    if len(cpts) != n:
+        raise ValueError(f"cpts must hold one table per node: {n} nodes in parents, {len(cpts)} tables")
     topological_order(parents)
     cards = [c.shape[-1] if c.ndim else 0 for c in cpts]
     for i, (ps, table) in enumerate(zip(parents, cpts)):
@@ -310,7 +415,7 @@ def _checked(net: BayesNet) -> BayesNet:
     return BayesNet(net.parents, cpts, net.names)
 
 
-def bayes_net(parents, cpts, names=None) -> BayesNet:
+def bayes_net(parents, cpts, *, names=None) -> BayesNet:
     """Build and validate a :class:`BayesNet`.
 
     ``parents``: a sequence of V sequences of node indices; ``cpts``: V arrays (see
@@ -318,13 +423,8 @@ def bayes_net(parents, cpts, names=None) -> BayesNet:
     Raises ValueError naming the argument for a cycle, a shape that does not match the
     parents' numbers of states, or a table with NaN, negative or unnormalised rows.
     """
-    parents = tuple(parents)
-    for i, ps in enumerate(parents):
-        if not isinstance(ps, (tuple, list)):
-            raise ValueError(f"parents[{i}] must be a tuple of node indices (() for a root), got {ps!r}")
-    parents = tuple(tuple(int(p) if isinstance(p, (int, np.integer)) else p for p in ps) for ps in parents)
-    cpts = tuple(jnp.asarray(c) for c in cpts)
-    cpts = tuple(c if jnp.issubdtype(c.dtype, jnp.floating) else c.astype(jnp.float32) for c in cpts)
+    parents = _check_parents(parents)
+    cpts = tuple(_validate.real_array(c, f"cpts[{i}]") for i, c in enumerate(cpts))
     names = tuple(names) if names is not None else tuple(f"X{i}" for i in range(len(parents)))
     if len(names) != len(parents):
         raise ValueError(f"names must label the {len(parents)} nodes, got {len(names)} names")
@@ -369,6 +469,7 @@ def bn_sample(key: jax.Array, net: BayesNet, n: int) -> jax.Array:
     int32, column i holding node i's state.
     """
     net = _checked(net)
+    n = _validate.count(n, "n")
     order = topological_order(net.parents)
     keys = jax.random.split(key, max(len(order), 1))
     columns = {}
@@ -382,11 +483,12 @@ def _check_evidence(net: BayesNet, evidence, target=None) -> dict:
     evidence = dict(evidence or {})
     cards, n = net.cards, len(net.parents)
     for node, value in evidence.items():
-        if not isinstance(node, (int, np.integer)) or not 0 <= node < n:
+        if isinstance(node, (bool, np.bool_)) or not isinstance(node, numbers.Integral) or not 0 <= node < n:
             raise ValueError(f"evidence names node {node!r}, not a node index in [0, {n})")
         if node == target:
             raise ValueError(f"evidence fixes the target node {target}; query another node")
-        if not isinstance(value, (int, np.integer)) or not 0 <= value < cards[node]:
+        if (isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral)
+                or not 0 <= value < cards[node]):
             raise ValueError(f"evidence sets node {node} to {value!r}, outside its states "
                              f"0..{cards[node] - 1}")
     return {int(k): int(v) for k, v in evidence.items()}
@@ -401,8 +503,7 @@ def bn_query(net: BayesNet, target: int, evidence: Mapping[int, int] | None = No
     """
     net = _checked(net)
     n = len(net.parents)
-    if not isinstance(target, (int, np.integer)) or not 0 <= target < n:
-        raise ValueError(f"target must be a node index in [0, {n}), got {target!r}")
+    target = _index(target, "target", n)
     evidence = _check_evidence(net, evidence, target)
     joint = bn_joint(net)
     index = tuple(evidence.get(i, slice(None)) for i in range(n))
@@ -410,7 +511,7 @@ def bn_query(net: BayesNet, target: int, evidence: Mapping[int, int] | None = No
     free = [i for i in range(n) if i not in evidence]
     unnormalised = jnp.sum(restricted, axis=tuple(k for k, i in enumerate(free) if i != target))
     total = unnormalised.sum()
-    if _is_concrete(total) and not float(total) > 0:
+    if _validate.is_concrete(total) and not float(total) > 0:
         raise ValueError(f"evidence {evidence} has probability 0 under this network")
     return unnormalised / total
 
@@ -424,6 +525,7 @@ def bn_likelihood_weighting(key: jax.Array, net: BayesNet, evidence: Mapping[int
     """
     net = _checked(net)
     evidence = _check_evidence(net, evidence)
+    n = _validate.count(n, "n")
     order = topological_order(net.parents)
     keys = jax.random.split(key, max(len(order), 1))
     columns, weights = {}, jnp.ones((n,), dtype=net.cpts[0].dtype)
@@ -444,17 +546,15 @@ def d_separated(parents, x: int, y: int, given=()) -> bool:
     middle m is observed, or by a collider (a -> m <- b) when neither m nor any descendant of
     m is observed. Found by a reachability search over (node, direction of arrival).
     """
+    parents = _check_parents(parents)
     n = len(parents)
-    given = set(int(g) for g in given)
+    given = set(_index(g, "given", n) for g in given)
     for name, node in (("x", x), ("y", y)):
-        if not isinstance(node, (int, np.integer)) or not 0 <= node < n:
-            raise ValueError(f"{name} must be a node index in [0, {n}), got {node!r}")
+        _index(node, name, n)
         if node in given:
             raise ValueError(f"{name} = {node} is in given; ask about unobserved nodes")
     if x == y:
         raise ValueError(f"x and y must differ, got {x} twice")
-    if not all(0 <= g < n for g in given):
-        raise ValueError(f"given must name node indices in [0, {n}), got {sorted(given)}")
     topological_order(parents)
     children = [[] for _ in range(n)]
     for c, ps in enumerate(parents):
@@ -499,10 +599,13 @@ def conditional_mutual_information(joint: jax.Array, a: int, b: int, given=()) -
     zero exactly when A ⟂ B | C. Clipped at 0 against rounding; in float32 an independence
     shows as a value of about 1e-7.
     """
-    joint = _check_distribution("joint", jnp.ravel(jnp.asarray(joint))).reshape(jnp.shape(joint))
-    given = tuple(int(g) for g in given)
+    joint = _validate.real_array(joint, "joint")
+    joint = _check_distribution("joint", jnp.ravel(joint)).reshape(joint.shape)
+    given = tuple(given)
     axes = (a, b) + given
-    if len(set(axes)) != len(axes) or not all(0 <= v < joint.ndim for v in axes):
+    for v in axes:
+        _index(v, "a, b and given", joint.ndim, "an axis of the joint")
+    if len(set(axes)) != len(axes):
         raise ValueError(f"a, b and given must be distinct axes of the {joint.ndim}-d joint, "
                          f"got a={a}, b={b}, given={given}")
     h = lambda *keep: _marginal_entropy(joint, keep)

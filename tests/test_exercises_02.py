@@ -144,7 +144,7 @@ def diag_wrong(fits, name):
     if name == "the full fit passed as the diagonal one":
         return full, ll_full, ll_full
     if name == "no EM: the k-means++ start":
-        start = gmm.init_params(jax.random.key(4), X_TRAIN, 3, "diag")
+        start = gmm.init_params(jax.random.key(4), X_TRAIN, 3, covariance_type="diag")
         return start, float(gmm.log_likelihood(X_TEST, start)), ll_full
     if name == "one EM step from scikit-learn's k-means start":
         start = sk_fit(xtr, "diag", max_iter=1, n_init=1)

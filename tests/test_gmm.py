@@ -42,8 +42,8 @@ def sklearn_from(init: gmm.GMMParams, covariance_type, **kw):
 @pytest.mark.parametrize("covariance_type", TYPES)
 def test_em_matches_sklearn_from_the_same_start(x64, covariance_type):
     x = blobs()
-    init = gmm.init_params(jax.random.key(1), jnp.asarray(x), 3, covariance_type)
-    res = gmm.em(jnp.asarray(x), init, max_iter=25, tol=0.0)
+    init = gmm.init_params(jax.random.key(1), jnp.asarray(x), 3, covariance_type=covariance_type)
+    res = gmm.em(init, jnp.asarray(x), max_iter=25, tol=0.0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tol=0 never "converges"
         sk = sklearn_from(init, covariance_type, max_iter=25, tol=0.0).fit(x)
@@ -54,18 +54,18 @@ def test_em_matches_sklearn_from_the_same_start(x64, covariance_type):
     np.testing.assert_allclose(res.params.weights, sk.weights_, rtol=1e-5, atol=1e-8)
     np.testing.assert_allclose(res.params.means, sk.means_, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(res.params.covariances, sk.covariances_, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(float(gmm.bic(x, res.params)), sk.bic(x), rtol=1e-6)
-    np.testing.assert_allclose(float(gmm.aic(x, res.params)), sk.aic(x), rtol=1e-6)
-    np.testing.assert_allclose(gmm.log_density(x, res.params), sk.score_samples(x), rtol=1e-6, atol=1e-8)
-    np.testing.assert_allclose(gmm.responsibilities(x, res.params), sk.predict_proba(x), atol=1e-6)
-    np.testing.assert_array_equal(gmm.predict(x, res.params), sk.predict(x))
+    np.testing.assert_allclose(float(gmm.bic(res.params, x)), sk.bic(x), rtol=1e-6)
+    np.testing.assert_allclose(float(gmm.aic(res.params, x)), sk.aic(x), rtol=1e-6)
+    np.testing.assert_allclose(gmm.log_density(res.params, x), sk.score_samples(x), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(gmm.responsibilities(res.params, x), sk.predict_proba(x), atol=1e-6)
+    np.testing.assert_array_equal(gmm.predict(res.params, x), sk.predict(x))
 
 
 @pytest.mark.parametrize("covariance_type", ["full", "spherical"])
 def test_tolerance_stops_where_sklearn_stops(x64, covariance_type):
     x = blobs(seed=3)
-    init = gmm.init_params(jax.random.key(0), jnp.asarray(x), 3, covariance_type)
-    res = gmm.em(jnp.asarray(x), init, max_iter=200, tol=1e-6)
+    init = gmm.init_params(jax.random.key(0), jnp.asarray(x), 3, covariance_type=covariance_type)
+    res = gmm.em(init, jnp.asarray(x), max_iter=200, tol=1e-6)
     sk = sklearn_from(init, covariance_type, max_iter=200, tol=1e-6).fit(x)
     assert bool(res.converged) and sk.converged_
     assert int(res.n_iter) == sk.n_iter_
@@ -77,10 +77,10 @@ def test_float32_agrees_with_float64_on_thin_components():
     # Nearly singular covariances (condition number ~1e5): float32 must keep its digits.
     x = blobs()
     init32 = gmm.init_params(jax.random.key(1), jnp.asarray(x, jnp.float32), 3)
-    r32 = gmm.em(jnp.asarray(x, jnp.float32), init32, max_iter=15, tol=0.0)
+    r32 = gmm.em(init32, jnp.asarray(x, jnp.float32), max_iter=15, tol=0.0)
     with jax.enable_x64(True):
         init64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), init32)
-        r64 = gmm.em(jnp.asarray(x), init64, max_iter=15, tol=0.0)
+        r64 = gmm.em(init64, jnp.asarray(x), max_iter=15, tol=0.0)
         assert np.linalg.cond(np.asarray(r64.params.covariances)).max() > 1e4
     assert r32.log_likelihood.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(r32.history), np.asarray(r64.history), rtol=2e-5)
@@ -102,9 +102,9 @@ def test_component_log_prob_matches_scipy(covariance_type):
     expected = np.stack([np.log(w) + stats.multivariate_normal(m, c).logpdf(x)
                          for w, m, c in zip(params.weights, params.means, dense)], axis=1)
     p32 = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), params)
-    np.testing.assert_allclose(gmm.component_log_prob(jnp.asarray(x, jnp.float32), p32), expected,
+    np.testing.assert_allclose(gmm.component_log_prob(p32, jnp.asarray(x, jnp.float32)), expected,
                                rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(gmm.log_density(jnp.asarray(x, jnp.float32), p32),
+    np.testing.assert_allclose(gmm.log_density(p32, jnp.asarray(x, jnp.float32)),
                                logsumexp(expected, axis=1), rtol=1e-4, atol=1e-4)
 
 
@@ -140,13 +140,13 @@ def test_sampling_moments_and_labels():
 
 def test_fit_picks_the_best_restart_and_restarts_equal_single_runs():
     x = jnp.asarray(blobs(seed=2, k=4, spread=3.0), jnp.float32)
-    res = gmm.fit(jax.random.key(7), x, 4, "full", n_restarts=5, max_iter=50, tol=1e-4)
+    res = gmm.fit(jax.random.key(7), x, 4, covariance_type="full", n_restarts=5, max_iter=50, tol=1e-4)
     lls = np.asarray(res.restarts.log_likelihood)
     assert int(res.best_index) == int(np.argmax(lls))
     assert float(res.best.log_likelihood) == lls.max()
     for r in (0, 3):  # a vmapped restart is the same computation as em from its start
         init = jax.tree.map(lambda a: a[r], res.init)
-        alone = gmm.em(x, init, max_iter=50, tol=1e-4)
+        alone = gmm.em(init, x, max_iter=50, tol=1e-4)
         np.testing.assert_allclose(float(alone.log_likelihood), lls[r], rtol=1e-5)
         assert int(alone.n_iter) == int(res.restarts.n_iter[r])
 
@@ -162,7 +162,7 @@ def test_collapsing_component_stays_finite(dtype):
             jnp.asarray([[0.0, 0.0], [4.0, 4.0], [500.0, 500.0]], dtype),  # the last one is empty
             jnp.asarray(np.stack([np.eye(2), 0.01 * np.eye(2), np.eye(2)]), dtype),
         )
-        res = gmm.em(x, init, max_iter=40, tol=0.0)
+        res = gmm.em(init, x, max_iter=40, tol=0.0)
         for leaf in jax.tree.leaves(res):
             assert bool(jnp.all(jnp.isfinite(leaf))), leaf
         # The component on the 5 copies collapses onto them: covariance -> reg_covar·I.
@@ -179,9 +179,10 @@ def test_log_likelihood_never_decreases(seed, k, d, covariance_type, spread):
     n = 15 * k * (d + 1)
     x = rng.normal(size=(n, d)) + spread * rng.normal(size=(k, d))[rng.integers(0, k, n)]
     with jax.enable_x64(True):
-        init = gmm.init_params(jax.random.key(seed), jnp.asarray(x), k, covariance_type, reg_covar=0.0)
+        init = gmm.init_params(jax.random.key(seed), jnp.asarray(x), k, covariance_type=covariance_type,
+                               reg_covar=0.0)
         try:
-            hist = np.asarray(gmm.em(jnp.asarray(x), init, max_iter=30, tol=0.0, reg_covar=0.0).history)
+            hist = np.asarray(gmm.em(init, jnp.asarray(x), max_iter=30, tol=0.0, reg_covar=0.0).history)
         except FloatingPointError as err:
             # A component collapsed onto a point (the likelihood's singularity): the monotone
             # guarantee needs well-defined M-steps, and the breakdown must be reported, not NaN.
@@ -197,10 +198,11 @@ def test_em_reports_a_collapse_instead_of_returning_nan():
     rng = np.random.default_rng(10000)
     x = rng.normal(size=(240, 3)) + 2.0 * rng.normal(size=(4, 3))[rng.integers(0, 4, 240)]
     with jax.enable_x64(True):
-        init = gmm.init_params(jax.random.key(10000), jnp.asarray(x), 4, "diag", reg_covar=0.0)
+        init = gmm.init_params(jax.random.key(10000), jnp.asarray(x), 4, covariance_type="diag",
+                               init="kmeans++", reg_covar=0.0)   # the start that found it
         with pytest.raises(FloatingPointError, match="collapsed.*reg_covar"):
-            gmm.em(jnp.asarray(x), init, max_iter=30, tol=0.0, reg_covar=0.0)
-        res = gmm.em(jnp.asarray(x), init, max_iter=30, tol=0.0, reg_covar=1e-6)  # the remedy
+            gmm.em(init, jnp.asarray(x), max_iter=30, tol=0.0, reg_covar=0.0)
+        res = gmm.em(init, jnp.asarray(x), max_iter=30, tol=0.0, reg_covar=1e-6)  # the remedy
     assert np.isfinite(float(res.log_likelihood))
 
 
@@ -214,9 +216,9 @@ def test_n_parameters_matches_sklearn():
 def test_no_recompilation_when_tol_or_reg_covar_change():
     x = jnp.asarray(blobs(), jnp.float32)
     init = gmm.init_params(jax.random.key(0), x, 3)
-    gmm.em(x, init, max_iter=7, tol=1e-3)
+    gmm.em(init, x, max_iter=7, tol=1e-3)
     before = gmm._em_kernel._cache_size()
-    gmm.em(x, init, max_iter=7, tol=1e-5, reg_covar=1e-4)
+    gmm.em(init, x, max_iter=7, tol=1e-5, reg_covar=1e-4)
     assert gmm._em_kernel._cache_size() == before
 
 
@@ -225,28 +227,28 @@ X = np.random.default_rng(0).normal(size=(10, 2))
 
 
 @pytest.mark.parametrize("call, name", [
-    (lambda: gmm.em(X[:, 0], GOOD), "x"),
-    (lambda: gmm.em(X[None], GOOD), "x"),
-    (lambda: gmm.em(np.where(np.eye(10, 2) > 0, np.nan, X), GOOD), "x"),
-    (lambda: gmm.em(X, GOOD._replace(weights=np.array([0.5, 0.4]))), "weights"),
-    (lambda: gmm.em(X, GOOD._replace(weights=np.array([1.5, -0.5]))), "weights"),
-    (lambda: gmm.em(X, GOOD._replace(weights=np.array([0.5, np.nan]))), "weights"),
-    (lambda: gmm.em(X, GOOD._replace(means=np.zeros((2, 3)))), "means"),
-    (lambda: gmm.em(X, GOOD._replace(means=np.zeros((3, 2)))), "means"),
-    (lambda: gmm.em(X, GOOD._replace(covariances=np.ones((2, 3)))), "covariances"),
-    (lambda: gmm.em(X, GOOD._replace(covariances=-np.stack([np.eye(2)] * 2))), "covariances"),
-    (lambda: gmm.em(X, GOOD._replace(covariances=np.array([1.0, 0.0]))), "covariances"),
-    (lambda: gmm.em(X, GOOD, max_iter=0), "max_iter"),
-    (lambda: gmm.em(X, GOOD, tol=-1.0), "tol"),
-    (lambda: gmm.em(X, GOOD, reg_covar=-1.0), "reg_covar"),
+    (lambda: gmm.em(GOOD, X[:, 0]), "x"),
+    (lambda: gmm.em(GOOD, X[None]), "x"),
+    (lambda: gmm.em(GOOD, np.where(np.eye(10, 2) > 0, np.nan, X)), "x"),
+    (lambda: gmm.em(GOOD._replace(weights=np.array([0.5, 0.4])), X), "weights"),
+    (lambda: gmm.em(GOOD._replace(weights=np.array([1.5, -0.5])), X), "weights"),
+    (lambda: gmm.em(GOOD._replace(weights=np.array([0.5, np.nan])), X), "weights"),
+    (lambda: gmm.em(GOOD._replace(means=np.zeros((2, 3))), X), "means"),
+    (lambda: gmm.em(GOOD._replace(means=np.zeros((3, 2))), X), "means"),
+    (lambda: gmm.em(GOOD._replace(covariances=np.ones((2, 3))), X), "covariances"),
+    (lambda: gmm.em(GOOD._replace(covariances=-np.stack([np.eye(2)] * 2)), X), "covariances"),
+    (lambda: gmm.em(GOOD._replace(covariances=np.array([1.0, 0.0])), X), "covariances"),
+    (lambda: gmm.em(GOOD, X, max_iter=0), "max_iter"),
+    (lambda: gmm.em(GOOD, X, tol=-1.0), "tol"),
+    (lambda: gmm.em(GOOD, X, reg_covar=-1.0), "reg_covar"),
     (lambda: gmm.fit(jax.random.key(0), X, 11), "n_components"),
     (lambda: gmm.fit(jax.random.key(0), X, 0), "n_components"),
-    (lambda: gmm.fit(jax.random.key(0), X, 2, "tied"), "covariance_type"),
+    (lambda: gmm.fit(jax.random.key(0), X, 2, covariance_type="tied"), "covariance_type"),
     (lambda: gmm.fit(jax.random.key(0), X, 2, n_restarts=0), "n_restarts"),
     (lambda: gmm.init_params(jax.random.key(0), X, 11), "n_components"),
     (lambda: gmm.kmeans_plus_plus(jax.random.key(0), X, 11), "n_components"),
     (lambda: gmm.sample(jax.random.key(0), GOOD, 0), "n"),
-    (lambda: gmm.log_density(X[:, :1], GOOD), "means"),
+    (lambda: gmm.log_density(GOOD, X[:, :1]), "means"),
 ])
 def test_bad_input_raises_value_error_naming_the_argument(call, name):
     with pytest.raises(ValueError, match=rf"\b{name}\b"):

@@ -23,8 +23,8 @@ def test_logpdf_matches_scipy(d, seed):
     rng = np.random.default_rng(seed)
     mean, cov = rng.normal(size=d), random_spd(rng, d)
     x = rng.normal(size=(7, d)) * 3
-    ours = prob.gaussian_logpdf(jnp.asarray(x, jnp.float32), jnp.asarray(mean, jnp.float32),
-                                jnp.asarray(cov, jnp.float32))
+    ours = prob.gaussian_logpdf(jnp.asarray(mean, jnp.float32), jnp.asarray(cov, jnp.float32),
+                                jnp.asarray(x, jnp.float32))
     np.testing.assert_allclose(ours, stats.multivariate_normal(mean, cov).logpdf(x).reshape(7),
                                rtol=1e-4, atol=1e-4)
 
@@ -34,7 +34,7 @@ def test_logpdf_gradient_is_score():
     mean = jnp.array([0.5, -1.0])
     cov = jnp.array([[2.0, 0.3], [0.3, 1.0]])
     x = jnp.array([1.0, 2.0])
-    grad = jax.grad(lambda v: prob.gaussian_logpdf(v, mean, cov))(x)
+    grad = jax.grad(lambda v: prob.gaussian_logpdf(mean, cov, v))(x)
     np.testing.assert_allclose(grad, -jnp.linalg.solve(cov, x - mean), rtol=1e-5)
 
 
@@ -87,12 +87,60 @@ def test_sample_labelled_follows_the_model():
     np.testing.assert_allclose(jnp.var(x[y == 0], axis=0), [1.0, 1.0], rtol=0.04)
 
 
+NOT_PD = np.array([[1.0, 2.0], [2.0, 1.0]])          # symmetric, eigenvalues 3 and -1
+NAN_COV = np.array([[1.0, np.nan], [np.nan, 1.0]])
+ASYM = np.array([[1.0, 0.5], [0.0, 1.0]])
+KEY = jax.random.key(0)
+CLF = prob.GaussianClassifier(jnp.log(jnp.array([0.5, 0.5])), jnp.zeros((2, 2)), jnp.stack([jnp.eye(2)] * 2))
+XS = np.random.default_rng(0).normal(size=(6, 2))
+YS = np.array([0, 1, 0, 1, 0, 1])
+
+
 @pytest.mark.parametrize("call, match", [
-    (lambda: prob.gaussian_logpdf(jnp.zeros((3, 2)), jnp.zeros(2), jnp.eye(3)), "cov must have shape"),
-    (lambda: prob.gaussian_logpdf(jnp.zeros((3, 4)), jnp.zeros(2), jnp.eye(2)), "x must end in D=2"),
-    (lambda: prob.gaussian_mle(jnp.zeros(5)), "x must have shape"),
+    (lambda: prob.gaussian_logpdf(jnp.zeros(2), jnp.eye(3), jnp.zeros((3, 2))), "cov must have shape"),
+    (lambda: prob.gaussian_logpdf(jnp.zeros(2), jnp.eye(2), jnp.zeros((3, 4))), "x must end in D=2"),
+    (lambda: prob.gaussian_logpdf(jnp.zeros(2), NOT_PD, jnp.zeros(2)), "cov must be positive definite"),
+    (lambda: prob.gaussian_logpdf(jnp.zeros(2), NAN_COV, jnp.zeros(2)), "cov contains NaN"),
+    (lambda: prob.gaussian_logpdf(jnp.zeros(2), ASYM, jnp.zeros(2)), "cov must be symmetric"),
+    (lambda: prob.gaussian_logpdf(jnp.array([0.0, np.inf]), jnp.eye(2), jnp.zeros(2)), "mean contains NaN"),
+    (lambda: prob.gaussian_logpdf(jnp.zeros(2), jnp.eye(2), jnp.array([np.nan, 0.0])), "x contains NaN"),
+    (lambda: prob.gaussian_logpdf(np.array(["a", "b"]), jnp.eye(2), jnp.zeros(2)), "mean must hold real numbers"),
+    (lambda: prob.gaussian_logpdf(jnp.zeros((2, 2)), jnp.eye(2), jnp.zeros(2)), "mean must be 1-D"),
+    (lambda: prob.sample_gaussian(KEY, jnp.zeros(2), NOT_PD, 5), "cov must be positive definite"),
+    (lambda: prob.sample_gaussian(KEY, jnp.zeros(2), NAN_COV, 5), "cov contains NaN"),
+    (lambda: prob.sample_gaussian(KEY, jnp.zeros(2), jnp.eye(2), True), "n must be an integer"),
+    (lambda: prob.sample_gaussian(KEY, jnp.zeros(2), jnp.eye(2), 2.7), "n must be an integer"),
+    (lambda: prob.sample_gaussian(KEY, jnp.zeros(2), jnp.eye(2), 0), "n must be an integer >= 1"),
+    (lambda: prob.kl_gaussians(jnp.zeros(2), NOT_PD, jnp.zeros(2), jnp.eye(2)), "cov0 must be positive definite"),
+    (lambda: prob.kl_gaussians(jnp.zeros(2), jnp.eye(2), jnp.zeros(2), NOT_PD), "cov1 must be positive definite"),
+    (lambda: prob.kl_gaussians(jnp.zeros(2), jnp.eye(2), jnp.zeros(2), NAN_COV), "cov1 contains NaN"),
+    (lambda: prob.kl_gaussians(jnp.zeros(2), jnp.eye(2), jnp.zeros(3), jnp.eye(3)), "same shape"),
+    (lambda: prob.kl_monte_carlo(KEY, jnp.zeros(2), jnp.eye(2), jnp.zeros(2), NOT_PD, 10), "cov1 must be positive"),
+    (lambda: prob.kl_monte_carlo(KEY, jnp.zeros(2), jnp.eye(2), jnp.zeros(2), jnp.eye(2), True), "n must be"),
+    (lambda: prob.gaussian_mle(jnp.zeros(5)), "x must be 2-D"),
+    (lambda: prob.gaussian_mle(jnp.zeros((0, 2))), "x must have shape"),
+    (lambda: prob.gaussian_mle(np.array([[1.0, np.nan]])), "x contains NaN"),
     (lambda: prob.fit_gaussian_classifier(jnp.zeros((4, 2)), jnp.array([0, 0, 1, 1]), 3), "every class"),
     (lambda: prob.fit_gaussian_classifier(jnp.zeros((4, 2)), jnp.array([0, 1]), 2), "y must have shape"),
+    (lambda: prob.fit_gaussian_classifier(XS, np.array([0, 1, 0, 1, 0, 2]), 2), r"y must lie in \[0, 2\)"),
+    (lambda: prob.fit_gaussian_classifier(XS, np.array([0, 1, 0, 1, 0, -1]), 2), r"y must lie in \[0, 2\)"),
+    (lambda: prob.fit_gaussian_classifier(XS, YS, 0), "num_classes must be an integer >= 1"),
+    (lambda: prob.fit_gaussian_classifier(XS, YS, True), "num_classes must be an integer"),
+    (lambda: prob.fit_gaussian_classifier(XS, YS.astype(float), 2), "y must hold integer"),
+    (lambda: prob.fit_gaussian_classifier(XS, YS, 2, reg=-1.0), "reg must be >= 0"),
+    (lambda: prob.fit_gaussian_classifier(XS, YS, 2, reg=float("nan")), "reg must be finite"),
+    (lambda: prob.fit_gaussian_classifier(XS[:4], YS[:4], 2, reg=0.0), "reg=0 leaves a class covariance"),
+    (lambda: prob.fit_gaussian_classifier(np.where(XS > 1, np.nan, XS), YS, 2), "x contains NaN"),
+    (lambda: prob.class_posterior(CLF._replace(covs=jnp.stack([NOT_PD] * 2)), XS), "covs must be positive"),
+    (lambda: prob.class_posterior(CLF._replace(log_prior=jnp.log(jnp.array([0.5, 0.4]))), XS),
+     "log_prior .* must sum to 1"),
+    (lambda: prob.class_posterior(CLF._replace(log_prior=jnp.array([0.0, jnp.nan])), XS), "log_prior must hold"),
+    (lambda: prob.class_posterior(CLF, XS[:, :1]), "x must have D=2"),
+    (lambda: prob.class_log_joint(CLF, np.where(XS > 1, np.inf, XS)), "x contains NaN"),
+    (lambda: prob.class_log_joint(CLF._replace(means=jnp.zeros((3, 2))), XS), "must agree"),
+    (lambda: prob.class_log_joint(XS, XS), "model must be a GaussianClassifier"),
+    (lambda: prob.sample_labelled(KEY, CLF._replace(covs=jnp.stack([NAN_COV] * 2)), 5), "covs contains NaN"),
+    (lambda: prob.sample_labelled(KEY, CLF, 2.7), "n must be an integer"),
 ])
 def test_bad_input_is_named(call, match):
     with pytest.raises(ValueError, match=match):
@@ -117,15 +165,20 @@ def test_entropy_cross_entropy_kl_against_scipy_and_identities():
     np.testing.assert_allclose(prob.entropy(jnp.array([0.5, 0.5])), np.log(2), rtol=1e-6)
     assert float(prob.kl_categorical(pj[0], pj[0])) == pytest.approx(0.0, abs=1e-6)
     assert np.isinf(float(prob.cross_entropy(jnp.array([0.5, 0.5]), jnp.array([1.0, 0.0]))))
-    # the axis argument and jit
-    np.testing.assert_allclose(jax.jit(prob.entropy, static_argnums=1)(pj.T, 0), prob.entropy(pj), rtol=1e-6)
+    # the axis argument (keyword-only) and jit
+    np.testing.assert_allclose(jax.jit(prob.entropy, static_argnames="axis")(pj.T, axis=0), prob.entropy(pj),
+                               rtol=1e-6)
+    np.testing.assert_allclose(prob.kl_categorical(pj.T, qj.T, axis=0), prob.kl_categorical(pj, qj), rtol=1e-6)
 
 
 @pytest.mark.parametrize("p, match", [
     (jnp.array([0.5, jnp.nan]), "NaN"),
-    (jnp.array([1.2, -0.2]), "negative"),
+    (jnp.array([0.5, jnp.inf]), "NaN or infinite"),
+    (jnp.array([1.2, -0.2]), "non-negative"),
     (jnp.array([0.5, 0.4]), "sum to 1"),
-    (jnp.array([1, 0]), "floating-point"),
+    (jnp.array([True, False]), "real numbers"),
+    (np.array(["0.5", "0.5"]), "real numbers"),
+    (jnp.array(0.5), "at least one category"),
 ])
 def test_entropy_rejects_what_is_not_a_distribution(p, match):
     with pytest.raises(ValueError, match=match):
@@ -316,10 +369,32 @@ GOOD = [np.array([0.5, 0.5]), np.array([[0.6, 0.4], [0.9, 0.1]])]
 
 
 @pytest.mark.parametrize("build, match", [
-    (lambda: prob.bayes_net([(), (0,)], [np.array([0.5, np.nan]), GOOD[1]]), r"cpts\[0\] has a NaN"),
+    (lambda: prob.bayes_net([(), (0,)], [np.array([0.5, np.nan]), GOOD[1]]), r"cpts\[0\] contains NaN"),
     (lambda: prob.bayes_net([(), (0,)], [GOOD[0], np.array([[0.6, 0.3], [0.9, 0.1]])]),
-     r"cpts\[1\] must sum to 1 .* slice at \(0,\) sums to 0.9"),
-    (lambda: prob.bayes_net([(), (0,)], [GOOD[0], np.array([[1.2, -0.2], [0.9, 0.1]])]), r"cpts\[1\] has a negative"),
+     r"cpts\[1\] must sum to 1 along axis -1; a sum is off by 0.1"),
+    (lambda: prob.bayes_net([(), (0,)], [GOOD[0], np.array([[1.2, -0.2], [0.9, 0.1]])]),
+     r"cpts\[1\] must be non-negative"),
+    (lambda: prob.bayes_net([(), (0,)], [np.array(["a", "b"]), GOOD[1]]), r"cpts\[0\] must hold real numbers"),
+    (lambda: prob.bayes_net([(), (True,)], GOOD), r"parents\[1\] names True"),
+    (lambda: prob.bayes_net(5, GOOD), "parents must be a sequence"),
+    (lambda: prob.bn_query(sprinkler(), 2, {3: True}), "evidence sets node 3 to True"),
+    (lambda: prob.bn_query(sprinkler(), 2, {3: 1.0}), "evidence sets node 3 to 1.0"),
+    (lambda: prob.bn_query(sprinkler(), 2, {True: 1}), "evidence names node True"),
+    (lambda: prob.bn_query(sprinkler(), True), "target must be a node index"),
+    (lambda: prob.bn_query(sprinkler(), -1), "target must be a node index"),
+    (lambda: prob.bn_sample(jax.random.key(0), sprinkler(), 2.7), "n must be an integer"),
+    (lambda: prob.bn_sample(jax.random.key(0), sprinkler(), 0), "n must be an integer >= 1"),
+    (lambda: prob.bn_likelihood_weighting(jax.random.key(0), sprinkler(), {3: 1}, True), "n must be an integer"),
+    (lambda: prob.d_separated([(), (0,)], 0, 1, [1.5]), "given must be a node index"),
+    (lambda: prob.d_separated([(), (0,)], 0, 2), "y must be a node index"),
+    (lambda: prob.d_separated([(), (3,)], 0, 1), r"parents\[1\] names 3"),
+    (lambda: prob.topological_order([(), (7,)]), r"parents\[1\] names 7"),
+    (lambda: prob.topological_order([(), 1]), r"parents\[1\] must be a tuple"),
+    (lambda: prob.conditional_mutual_information(jnp.full((2, 2), 0.3), 0, 1), "joint must sum to 1"),
+    (lambda: prob.conditional_mutual_information(jnp.full((2, 2), 0.25), 0, 2), "an axis of the joint"),
+    (lambda: prob.conditional_mutual_information(jnp.full((2, 2), 0.25), 0, 1, [0.5]), "an axis of the joint"),
+    (lambda: prob.cross_entropy(jnp.full(3, 1 / 3), jnp.full(2, 0.5)), "p and q must"),
+    (lambda: prob.entropy(jnp.full(2, 0.5), axis=1.0), "axis must be an integer"),
     (lambda: prob.bayes_net([(1,), (0,)], [GOOD[1], GOOD[1]]), "parents: the graph has a directed cycle"),
     (lambda: prob.bayes_net([(), (1,)], GOOD), r"parents\[1\] lists node 1 itself"),
     (lambda: prob.bayes_net([(), (0, 0)], [GOOD[0], np.full((2, 2, 2), 0.5)]), "lists a parent twice"),
@@ -345,3 +420,74 @@ GOOD = [np.array([0.5, 0.5]), np.array([[0.6, 0.4], [0.9, 0.1]])]
 def test_bad_networks_and_queries_are_named(build, match):
     with pytest.raises(ValueError, match=match):
         build()
+
+
+def test_integer_probabilities_are_read_as_floats():
+    # A certain outcome written with integers is a distribution (the library converts ints).
+    assert float(prob.entropy(np.array([0, 1]))) == 0.0
+    assert float(prob.kl_categorical(np.array([1, 0]), jnp.array([0.5, 0.5]))) == pytest.approx(np.log(2), rel=1e-6)
+
+
+def test_labels_outside_the_classes_are_refused_not_dropped():
+    # Found by the issue: label 3 with num_classes=3 was one-hot encoded as all zeros, so the
+    # point vanished from every class's statistics. Old code returned a model; now an error.
+    x, y = np.random.default_rng(1).normal(size=(9, 2)), np.array([0, 1, 2] * 2 + [0, 1, 3])
+    with pytest.raises(ValueError, match=r"y must lie in \[0, 3\) \(3 classes\), got 3"):
+        prob.fit_gaussian_classifier(x, y, 3)
+    model = prob.fit_gaussian_classifier(x, np.where(y == 3, 2, y), 3)        # the remedy: a valid label
+    np.testing.assert_allclose(np.exp(model.log_prior), [3 / 9, 3 / 9, 3 / 9], rtol=1e-6)
+
+
+# Positive definite in float64 (smallest eigenvalue 4.5e-9 for values ~1), singular to within
+# float32 rounding: float32 Cholesky returns NaN on this machine. Found by a seeded search.
+NEARLY_SINGULAR = np.array([[1.0590906, 0.2591689, 0.26568383, -0.5967661],
+                            [0.2591689, 1.0678148, 0.11469702, -0.09763219],
+                            [0.26568383, 0.11469702, 0.06910703, -0.1473108],
+                            [-0.5967661, -0.09763219, -0.1473108, 0.3385925]], np.float32)
+
+
+@pytest.mark.parametrize("call", [
+    lambda c: prob.gaussian_logpdf(jnp.zeros(4), c, jnp.ones((3, 4))),
+    lambda c: prob.sample_gaussian(jax.random.key(0), jnp.zeros(4), c, 3),
+    lambda c: prob.kl_gaussians(jnp.zeros(4), jnp.eye(4), jnp.zeros(4), c),
+    lambda c: prob.kl_gaussians(jnp.zeros(4), c, jnp.zeros(4), jnp.eye(4)),
+])
+def test_float32_covariance_singular_to_rounding_is_an_error_not_nan(call):
+    cov = jnp.asarray(NEARLY_SINGULAR)
+    assert np.linalg.eigvalsh(NEARLY_SINGULAR.astype(np.float64)).min() > 0
+    try:
+        out = call(cov)
+    except ValueError as err:
+        assert "cov" in str(err) and "Cholesky" in str(err)
+    else:   # a CPU whose float32 factorisation succeeds must then give finite numbers
+        assert bool(jnp.all(jnp.isfinite(out)))
+
+
+def test_importing_prob_starts_no_jax_backend():
+    # The module used to build LOG_2PI as a float32 array at import, which initialises a backend
+    # (and fixes the platform before a notebook's runtime.setup can choose it).
+    import subprocess
+    import sys
+    code = ("import course_lib.prob as p\nfrom jax._src import xla_bridge\n"
+            "assert not xla_bridge._backends, list(xla_bridge._backends)\n"
+            "assert type(p.LOG_2PI) is float\nprint('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    assert prob.LOG_2PI == pytest.approx(np.log(2 * np.pi), rel=1e-15)
+
+
+def test_bad_covariances_no_longer_give_nan_densities_kl_or_samples():
+    # The issue's silent cases: each of these returned NaN (or NaN samples) without a word.
+    for cov in (NOT_PD, NAN_COV, np.zeros((2, 2))):
+        for call in (lambda: prob.gaussian_logpdf(jnp.zeros(2), cov, jnp.zeros(2)),
+                     lambda: prob.kl_gaussians(jnp.zeros(2), cov, jnp.zeros(2), jnp.eye(2)),
+                     lambda: prob.sample_gaussian(jax.random.key(0), jnp.zeros(2), cov, 4)):
+            with pytest.raises(ValueError, match=r"\bcov0?\b"):
+                call()
+
+
+def test_public_names_are_listed():
+    assert set(prob.__all__) <= set(dir(prob))
+    for name in ("gaussian_logpdf", "fit_gaussian_classifier", "bayes_net", "bn_query", "entropy"):
+        assert name in prob.__all__
+    assert not any(name.startswith("_") for name in prob.__all__)
