@@ -296,16 +296,20 @@ def levinson_durbin(acov, p: int) -> tuple[jax.Array, jax.Array, jax.Array]:
       ``(coeffs (p,), pacf (p,) for lags 1..p, sigma2 ())`` where sigma2 = :math:`v_p`.
     """
     p = _validate.count(p, "p")
-    acov = _validate.real_array(acov, "acov", ndim=1)
+    acov = _validate.real_array(acov, "acov", ndim=1, finite=False)
     if acov.shape[0] < p + 1:
         raise ValueError(f"acov must hold at least p + 1 = {p + 1} autocovariances "
                          f"(gamma_0..gamma_{p}), got {acov.shape[0]}")
-    concrete = _validate.is_concrete(acov)
-    if concrete and not float(acov[0]) > 0:
-        raise ValueError(f"acov[0] (the variance gamma_0) must be > 0, got {float(acov[0])!r}")
+    # Value checks on the host, and only on concrete values (not under jit or grad).
+    if _validate.is_concrete(acov):
+        host = np.asarray(acov)[: p + 1]
+        if not np.all(np.isfinite(host)):
+            raise ValueError("acov contains NaN or infinite values")
+        if not host[0] > 0:
+            raise ValueError(f"acov[0] (the variance gamma_0) must be > 0, got {float(host[0])!r}")
     coeffs, kappas, v = _levinson_durbin_kernel(acov, p)
-    if concrete and not bool(jnp.all(jnp.abs(kappas) < 1)):
-        worst = float(jnp.max(jnp.abs(kappas)))
+    if _validate.is_concrete(kappas) and not np.all(np.abs(np.asarray(kappas)) < 1):
+        worst = float(np.max(np.abs(np.asarray(kappas))))
         raise ValueError("acov is not a positive-definite autocovariance sequence: the "
                          f"Toeplitz system of order {p} is singular or indefinite "
                          f"(a partial autocorrelation of size {worst:.3g} >= 1)")

@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from course_lib import _validate
+
 Array = jax.Array
 
 __all__ = [
@@ -33,15 +35,25 @@ __all__ = [
 
 
 def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
+    return _validate.count(value, name)
 
 
 def _check_rate(rate) -> float:
-    if not (0.0 <= float(rate) < 1.0):
-        raise ValueError(f"dropout_rate must be in [0, 1), got {rate!r}")
-    return float(rate)
+    return _validate.real(rate, "dropout_rate", low=0.0, high=1.0, high_open=True)
+
+
+def _check_input(x, name: str) -> Array:
+    """A real array (integers are converted to floats): strings, objects and bools are refused
+    with the argument named; NaN/inf are refused when the values are concrete (not under jit).
+
+    (The finite check is written here, not left to ``_validate.real_array``: inside a ``jit``
+    trace a closed-over constant is concrete but ``jnp.isfinite`` of it is a tracer.)
+    """
+    x = _validate.real_array(x, name, finite=False)
+    bad = jnp.any(~jnp.isfinite(x))
+    if _validate.is_concrete(bad) and bool(bad):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return x
 
 
 def count_params(module: nnx.Module) -> int:
@@ -70,6 +82,7 @@ class MLP(nnx.Module):
         self.dropout = nnx.Dropout(_check_rate(dropout_rate))
 
     def __call__(self, x: Array, *, rngs=None) -> Array:
+        x = _check_input(x, "x")
         if x.ndim != 2 or x.shape[-1] != self.in_features:
             raise ValueError(f"MLP expects x of shape (B, {self.in_features}), got {x.shape}")
         for layer in self.hidden_layers:
@@ -87,8 +100,7 @@ def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0) 
     size = _check_positive_int("size", size)
     kernel = _check_positive_int("kernel", kernel)
     stride = _check_positive_int("stride", stride)
-    if isinstance(padding, bool) or not isinstance(padding, (int, np.integer)) or padding < 0:
-        raise ValueError(f"padding must be a non-negative int, got {padding!r}")
+    padding = _validate.count(padding, "padding", minimum=0)
     if kernel > size + 2 * padding:
         raise ValueError(
             f"kernel ({kernel}) is larger than the padded input (size {size} + 2*padding "
@@ -105,6 +117,9 @@ def max_pool_2x2(x: Array) -> Array:
     of the CNN's backward pass (measured in bench/bench_nets.py's notes). Where a window
     holds equal maxima the gradient is shared between them.
     """
+    x = _check_input(x, "x")
+    if x.ndim != 4 or x.shape[1] < 2 or x.shape[2] < 2:
+        raise ValueError(f"x must be (B, H, W, C) images with H, W >= 2, got shape {tuple(x.shape)}")
     b, h, w, c = x.shape
     x = x[:, : h // 2 * 2, : w // 2 * 2]
     return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
@@ -125,11 +140,11 @@ class CNN(nnx.Module):
     def __init__(self, in_shape: Sequence[int] = (28, 28, 1), channels: Sequence[int] = (16, 32),
                  hidden: int = 128, num_classes: int = 10, *, kernel_size: int = 3,
                  dropout_rate: float = 0.0, rngs: nnx.Rngs):
-        if len(in_shape) != 3:
-            raise ValueError(f"in_shape must be (H, W, C), got {tuple(in_shape)!r}")
+        if isinstance(in_shape, (str, bytes)) or len(in_shape) != 3:
+            raise ValueError(f"in_shape must be (H, W, C), got {in_shape!r}")
         height, width, chans = (_check_positive_int("in_shape[i]", s) for s in in_shape)
-        if not channels:
-            raise ValueError("channels must name at least one conv block")
+        if isinstance(channels, (str, bytes, int, np.integer)) or not len(channels):
+            raise ValueError(f"channels must list at least one conv block's width, got {channels!r}")
         kernel_size = _check_positive_int("kernel_size", kernel_size)
         self.in_shape = (height, width, chans)
         self.padding = (kernel_size - 1) // 2
@@ -156,6 +171,7 @@ class CNN(nnx.Module):
         self.head = nnx.Linear(hidden, _check_positive_int("num_classes", num_classes), rngs=rngs)
 
     def _as_nhwc(self, x: Array) -> Array:
+        x = _check_input(x, "x")
         if x.ndim == 3:
             x = x[..., None]
         if x.ndim != 4 or tuple(x.shape[1:]) != self.in_shape:
@@ -212,6 +228,7 @@ class _Cell(nnx.Module):
 
         Works on a whole sequence at once, which is how :func:`run_cell` calls it.
         """
+        x = _check_input(x, "x")
         if x.shape[-1] != self.in_features:
             raise ValueError(
                 f"{type(self).__name__} expects inputs with {self.in_features} features "
@@ -385,10 +402,17 @@ def run_cell(cell: _Cell, xs: Array, carry=None):
     """
     if not isinstance(cell, _Cell):
         raise ValueError(f"cell must be an RNNCell, LSTMCell or GRUCell, got {type(cell).__name__}")
+    xs = _check_input(xs, "xs")
     if xs.ndim != 3:
         raise ValueError(f"xs must have shape (B, T, in_features), got {tuple(xs.shape)}")
     if carry is None:
         carry = cell.initialize_carry(xs.shape[0])
+    else:
+        expected = jax.tree.map(jnp.shape, cell.initialize_carry(xs.shape[0]))
+        got = jax.tree.map(jnp.shape, carry)
+        if jax.tree.structure(got) != jax.tree.structure(expected) or got != expected:
+            raise ValueError(f"carry must match {type(cell).__name__}.initialize_carry("
+                             f"{xs.shape[0]}): shapes {expected}, got {got}")
     xw = cell.project_inputs(jnp.swapaxes(xs, 0, 1))          # (T, B, G*H), time-major
     if hasattr(cell, "scan"):
         carry, hs = cell.scan(carry, xw)
@@ -437,7 +461,7 @@ class CharLM(nnx.Module):
 
     def __init__(self, vocab_size: int, embed_features: int, hidden_features: int, *,
                  cell: str = "lstm", rngs: nnx.Rngs):
-        if cell not in _CELLS:
+        if not isinstance(cell, str) or cell not in _CELLS:
             raise ValueError(f"cell must be one of {sorted(_CELLS)}, got {cell!r}")
         self.vocab_size = _check_positive_int("vocab_size", vocab_size)
         self.cell_kind = cell
@@ -446,14 +470,15 @@ class CharLM(nnx.Module):
         self.cell = _CELLS[cell](embed_features, hidden_features, rngs=rngs)
         self.head = nnx.Linear(hidden_features, vocab_size, rngs=rngs)
 
-    def _check_tokens(self, tokens: Array, ndim: int, name: str) -> None:
-        if tokens.ndim != ndim or not jnp.issubdtype(tokens.dtype, jnp.integer):
-            want = "(B, T)" if ndim == 2 else "(T0,)"
-            raise ValueError(f"{name} must be integer token ids of shape {want}, "
-                             f"got {tokens.dtype} {tuple(tokens.shape)}")
+    def _check_tokens(self, tokens, ndim: int, name: str) -> Array:
+        """Integer ids of the given rank, each in [0, vocab_size) when concrete: an id of -1
+        would silently read the last embedding row, one >= V a row of NaN."""
+        return _validate.ids(tokens, name, self.vocab_size, ndim=ndim, what="token ids")
 
     def __call__(self, tokens: Array, carry=None) -> Array:
-        self._check_tokens(tokens, 2, "tokens")
+        """``tokens (B, T)`` integer ids in ``[0, vocab_size)`` (checked when concrete) ->
+        logits ``(B, T, V)``; ``carry`` the cell's initial state (default zeros)."""
+        tokens = self._check_tokens(tokens, 2, "tokens")
         _, hs = run_cell(self.cell, self.embed(tokens), carry)
         return self.head(hs)
 
@@ -464,13 +489,14 @@ class CharLM(nnx.Module):
         Compiled once per (prompt length, steps): the prompt is read with :func:`run_cell`,
         then a ``lax.scan`` draws each token from ``softmax(logits / temperature)``.
         """
-        prompt_ids = jnp.asarray(prompt_ids)
-        self._check_tokens(prompt_ids, 1, "prompt_ids")
+        prompt_ids = self._check_tokens(prompt_ids, 1, "prompt_ids")
         if prompt_ids.shape[0] < 1:
             raise ValueError("prompt_ids must hold at least one token")
         steps = _check_positive_int("steps", steps)
-        if not float(temperature) > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        temperature = _validate.real(temperature, "temperature", low=0.0, low_open=True)
+        if not isinstance(key, jax.Array) or not (
+                jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) or key.shape == (2,)):
+            raise ValueError(f"key must be a PRNG key from jax.random.key(seed), got {key!r}")
         graphdef, state = nnx.split(self)
         return _generate(graphdef, state, prompt_ids.astype(jnp.int32), key, steps,
                          jnp.float32(temperature))

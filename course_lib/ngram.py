@@ -109,10 +109,12 @@ def _check_model(model) -> NGramModel:
     if lp.shape != (v ** (order - 1), v):
         raise ValueError(f"model.log_probs must have shape ({v ** (order - 1)}, {v}) for order "
                          f"{order} over {v} symbols, got {tuple(lp.shape)}")
-    if _validate.is_concrete(lp):
-        if bool(jnp.any(jnp.isnan(lp) | (lp == jnp.inf))):
+    bad = jnp.any(jnp.isnan(lp) | (lp == jnp.inf))
+    off = jnp.max(jnp.abs(jax.scipy.special.logsumexp(lp, axis=1)))
+    if _validate.is_concrete(bad, off):        # not under jit, where these are tracers
+        if bool(bad):
             raise ValueError("model.log_probs contains NaN or +inf")
-        off = float(jnp.max(jnp.abs(jax.scipy.special.logsumexp(lp, axis=1))))
+        off = float(off)
         if not off < (1e-6 if lp.dtype == jnp.float64 else 1e-4):
             raise ValueError("model.log_probs rows must be log-distributions (logsumexp 0); "
                              f"a row is off by {off:.3g}")
@@ -386,7 +388,10 @@ def bigram_loss(logits_table: jax.Array, inputs, targets) -> jax.Array:
     Args: logits_table (V, V) real; inputs, targets (N,) ids in [0, V).
     Returns: scalar loss (nats). Works under ``jax.grad``; ids are checked when concrete.
     """
-    table = _validate.real_array(logits_table, "logits_table", ndim=2)
+    table = _validate.real_array(logits_table, "logits_table", ndim=2, finite=False)
+    bad = jnp.any(~jnp.isfinite(table))
+    if _validate.is_concrete(bad) and bool(bad):              # skipped under jit and grad
+        raise ValueError("logits_table contains NaN or infinite values")
     v = int(table.shape[1])
     if table.shape[0] != v:
         raise ValueError(f"logits_table must be square (V, V), got shape {tuple(table.shape)}")

@@ -476,3 +476,11 @@ def test_information_criteria_sum_is_float64_even_without_x64(sunspots):
         ic = ar.information_criteria(ar.fit_ar_ls(sunspots, 3))
     assert isinstance(ic.loglik, float)
     np.testing.assert_allclose(ic.loglik, ref.llf, rtol=1e-6)   # sigma2 stored in float32
+
+
+def test_levinson_durbin_works_inside_jit_on_a_closed_over_constant():
+    """Under jit a captured constant is concrete, but operations on it are staged: the value
+    checks must not turn a tracer into a bool."""
+    gamma = jnp.asarray([2.0, 1.0, 0.3, 0.1])
+    coeffs = jax.jit(lambda: ar.levinson_durbin(gamma, 3)[0])()
+    np.testing.assert_allclose(np.asarray(coeffs), np.asarray(ar.levinson_durbin(gamma, 3)[0]), rtol=1e-12)

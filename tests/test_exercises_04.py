@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from course_lib import ar, data
+from course_lib import data, ngram
 from exercises import checkers
 
 ck = checkers("04")
@@ -68,14 +68,14 @@ def names_models():
     """The names vocabulary and the Laplace bigram of the training names (Exercise 3 samples
     from it too: any n-gram will do for testing the checker, and a bigram compiles fastest)."""
     names = data.load_names()
-    vocab = data.CharVocab.from_text(names + [ar.BOUNDARY])
+    vocab = data.CharVocab.from_text(names + [ngram.BOUNDARY])
     train = [names[i] for i in np.random.default_rng(0).permutation(len(names))][2 * (len(names) // 10):]
-    laplace = ar.fit_ngram(ar.name_windows(train, vocab, 2), vocab.size, k=1.0)
+    laplace = ngram.fit_ngram(ngram.name_windows(train, vocab, 2), vocab.size, k=1.0)
     return vocab, laplace
 
 
 def terms_right(log_probs, chars, name):
-    ids = [chars.index(c) for c in ar.BOUNDARY + name + ar.BOUNDARY]
+    ids = [chars.index(c) for c in ngram.BOUNDARY + name + ngram.BOUNDARY]
     table = np.asarray(log_probs)
     return list(table[ids[:-1], ids[1:]])
 
@@ -128,8 +128,8 @@ def _fractions(model, vocab, *, key=7, n=2_000, cut=True):
     """Distinct fraction among the first n of 2,000 samples of length 16 (one compiled shape)."""
     out = {}
     for tau in TEMPERATURES:
-        ids = ar.sample_ngram(jax.random.key(key), model, 2_000, 16, temperature=tau)[:n]
-        names = ar.decode_names(ids, vocab) if cut else [tuple(row) for row in np.asarray(ids)]
+        ids = ngram.sample_ngram(jax.random.key(key), model, 2_000, 16, temperature=tau)[:n]
+        names = ngram.decode_names(ids, vocab) if cut else [tuple(row) for row in np.asarray(ids)]
         out[tau] = len(set(names)) / len(names)
     return out
 

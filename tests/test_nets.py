@@ -297,3 +297,72 @@ def test_charlm_rejects_bad_input():
         nets.run_cell(model.cell, jnp.ones((3, 2)))
     with pytest.raises(ValueError, match="features"):
         nets.run_cell(model.cell, jnp.ones((1, 3, 4)))
+
+
+# ------------------------------------------------------------------ issue 9: bad input
+@pytest.mark.parametrize("bad", [-1, 5, 100])
+def test_charlm_refuses_token_ids_outside_the_vocabulary(bad):
+    """Issue 9: token -1 silently read the last embedding row, an id >= V gave NaN logits."""
+    model = nets.CharLM(5, 2, 3, rngs=nnx.Rngs(0))
+    tokens = jnp.array([[0, 1, bad]])
+    with pytest.raises(ValueError, match=rf"tokens must lie in \[0, 5\) .*got {bad}"):
+        model(tokens)
+    with pytest.raises(ValueError, match=rf"prompt_ids must lie in \[0, 5\) .*got {bad}"):
+        model.generate(jnp.array([1, bad]), 3, key=jax.random.key(0))
+
+
+def test_charlm_token_check_leaves_jit_alone():
+    """Under jit the ids are tracers: no host check, same numbers as the eager call."""
+    model = nets.CharLM(5, 2, 3, rngs=nnx.Rngs(0))
+    tokens = jnp.array([[0, 1, 4, 2]])
+    np.testing.assert_allclose(nnx.jit(lambda m, t: m(t))(model, tokens), model(tokens), rtol=1e-6)
+
+
+@pytest.mark.parametrize("call,argument", [
+    (lambda m: m(np.array([["a", "b"]])), "tokens"),                        # strings
+    (lambda m: m(jnp.array([0, 1])), "tokens"),                             # 1-D
+    (lambda m: m(np.array([[True, False]])), "tokens"),                     # bools
+    (lambda m: m.generate(jnp.array([1]), 2.5, key=jax.random.key(0)), "steps"),
+    (lambda m: m.generate(jnp.array([1]), True, key=jax.random.key(0)), "steps"),
+    (lambda m: m.generate(jnp.array([1]), 3, key=0), "key"),
+    (lambda m: m.generate(jnp.array([1]), 3, key=jax.random.key(0), temperature=np.nan), "temperature"),
+    (lambda m: m.generate(jnp.array([1]), 3, key=jax.random.key(0), temperature="hot"), "temperature"),
+    (lambda m: m.generate(jnp.array([[1]]), 3, key=jax.random.key(0)), "prompt_ids"),
+    (lambda m: nets.run_cell(m.cell, jnp.ones((2, 3, 2)), jnp.zeros((3, 3))), "carry"),
+    (lambda m: nets.run_cell(m.cell, np.array([[["x", "y"]]])), "xs"),
+    (lambda m: nets.run_cell(m.cell, jnp.full((1, 2, 2), jnp.nan)), "xs"),
+    (lambda m: nets.run_cell("lstm", jnp.ones((1, 2, 2))), "cell"),
+    (lambda m: m.cell.initialize_carry(0), "batch_size"),
+    (lambda m: m.cell.initialize_carry(2.0), "batch_size"),
+    (lambda m: nets.CharLM(True, 2, 3, rngs=nnx.Rngs(0)), "vocab_size"),
+    (lambda m: nets.CharLM(5, 2.5, 3, rngs=nnx.Rngs(0)), "embed_features"),
+    (lambda m: nets.CharLM(5, 2, 0, rngs=nnx.Rngs(0)), "hidden_features"),
+    (lambda m: nets.CharLM(5, 2, 3, cell=["lstm"], rngs=nnx.Rngs(0)), "cell"),
+    (lambda m: nets.LSTMCell(3, -1, rngs=nnx.Rngs(0)), "hidden_features"),
+    (lambda m: nets.MLP(4, [8], 3, dropout_rate=-0.1, rngs=nnx.Rngs(0)), "dropout_rate"),
+    (lambda m: nets.MLP(4, [8], 3, dropout_rate=np.nan, rngs=nnx.Rngs(0)), "dropout_rate"),
+    (lambda m: nets.MLP(4, [8], 3, dropout_rate="0.5", rngs=nnx.Rngs(0)), "dropout_rate"),
+    (lambda m: nets.MLP(4, [True], 3, rngs=nnx.Rngs(0)), "hidden"),
+    (lambda m: nets.MLP(4, [8], 3, rngs=nnx.Rngs(0))(np.array([["a"] * 4])), "x"),
+    (lambda m: nets.MLP(4, [8], 3, rngs=nnx.Rngs(0))(jnp.full((1, 4), jnp.inf)), "x"),
+    (lambda m: nets.CNN((8, 8, 1), channels=(), rngs=nnx.Rngs(0)), "channels"),
+    (lambda m: nets.CNN((8, 8, 1), channels=4, rngs=nnx.Rngs(0)), "channels"),
+    (lambda m: nets.CNN((8, 8, 1), channels=(2,), kernel_size=0, rngs=nnx.Rngs(0)), "kernel_size"),
+    (lambda m: nets.CNN((8, 8, 1), channels=(2,), hidden=1.5, rngs=nnx.Rngs(0)), "hidden"),
+    (lambda m: nets.CNN((8, 8, 1), channels=(2,), num_classes=0, rngs=nnx.Rngs(0)), "num_classes"),
+    (lambda m: nets.CNN("abc", rngs=nnx.Rngs(0)), "in_shape"),
+    (lambda m: nets.max_pool_2x2(jnp.ones((2, 4, 4))), "x"),               # no channel axis
+    (lambda m: nets.max_pool_2x2(jnp.ones((2, 1, 4, 3))), "x"),            # H < 2
+    (lambda m: nets.conv_output_size(5, 3, padding=True), "padding"),
+    (lambda m: nets.conv_output_size(5, 3, stride=1.0), "stride"),
+])
+def test_nets_bad_input_names_the_argument(call, argument):
+    model = nets.CharLM(5, 2, 3, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=rf"\b{argument}\b"):
+        call(model)
+
+
+def test_input_checks_work_inside_jit_on_closed_over_constants():
+    model = nets.MLP(2, [3], 1, rngs=nnx.Rngs(0))
+    x = jnp.ones((4, 2))
+    np.testing.assert_allclose(nnx.jit(lambda m: m(x))(model), model(x), rtol=1e-6)

@@ -424,3 +424,11 @@ def test_bigram_loss_still_differentiates_and_jits():
     x, y = jnp.asarray([0, 1, 2]), jnp.asarray([1, 2, 0])
     np.testing.assert_allclose(float(jax.jit(ngram.bigram_loss)(w, x, y)),
                                float(ngram.bigram_loss(w, x, y)), rtol=1e-12)
+
+
+def test_model_and_table_checks_work_inside_jit_on_closed_over_constants():
+    model = ngram.fit_ngram(np.array([[0, 1], [1, 2], [2, 0]]), 3, k=1.0)
+    w = jnp.zeros((3, 3))
+    x, y = jnp.asarray([0, 1]), jnp.asarray([1, 2])
+    assert float(jax.jit(lambda: ngram.bigram_loss(w, x, y))()) == pytest.approx(math.log(3))
+    assert jax.jit(lambda: ngram._check_model(model).log_probs)().shape == (3, 3)
