@@ -329,7 +329,8 @@ def test_check_grads_on_the_vae_and_autoencoder_losses(x64):
 def test_vae_step_takes_one_gradient_step_on_the_beta_objective(x64):
     model = to_float64(tiny_vae(latent=2, shape=(2, 2), hidden=(4,), seed=4))
     x = jnp.array(bits(9, (6, 4), 0.5), jnp.float64)
-    graphdef, before = nnx.split(model)
+    graphdef, state = nnx.split(model)
+    before = jax.tree.map(lambda a: jnp.array(a, copy=True), state)   # the step updates in place
     grads = jax.grad(vae_objective(graphdef, x, key(11), 2.5))(before)
     optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
     metrics = vae.vae_step(key(11), model, optimizer, x, beta=2.5)
@@ -376,11 +377,18 @@ def train_briefly(model, x, steps, *, labels=None, beta=1.0, lr=3e-3, batch=64):
     return model
 
 
-def test_a_short_training_run_learns_digits():
+@pytest.fixture(scope="module")
+def digits_vae():
+    """A 4-D-latent VAE trained for 400 steps on binarised 8x8 digits, and its initial -ELBO."""
     x_train, _, x_test, _ = digits_bits()
     model = vae.VAE(4, hidden=(64,), image_shape=(8, 8), rngs=nnx.Rngs(0))
     before = -float(vae.elbo(key(2), model, x_test, n=5).elbo)
-    train_briefly(model, x_train, 400)
+    return train_briefly(model, x_train, 400), before
+
+
+def test_a_short_training_run_learns_digits(digits_vae):
+    model, before = digits_vae
+    x_test = digits_bits()[2]
     after = vae.elbo(key(2), model, x_test, n=5)
     assert before > 40 and -float(after.elbo) < 30, (before, -float(after.elbo))
     assert float(after.kl) > 1.0                 # the latent is used (no posterior collapse)
@@ -519,3 +527,27 @@ def test_conditional_vae_demands_valid_labels():
         vae.elbo(key(), model, x, labels=[0, 1, 2])
     with pytest.raises(ValueError, match="labels must hold integer"):
         vae.elbo(key(), model, x, labels=[0.0, 1.0])
+
+
+def test_the_vae_update_plugs_into_the_training_loop():
+    from course_lib import train
+    x_train, _, x_test, _ = digits_bits()
+    model = vae.VAE(4, hidden=(32,), image_shape=(8, 8), rngs=nnx.Rngs(3))
+    state = {"model": model, "optimizer": nnx.Optimizer(model, optax.adam(3e-3), wrt=nnx.Param)}
+    result = train.loop(state, vae.make_vae_update(), (np.asarray(x_train),), steps=60,
+                        batch_size=64, key=key(6), eval_fn=vae.make_vae_eval(),
+                        eval_data=(np.asarray(x_test),), eval_every=30, progress=False)
+    assert result.steps_done == 60 and result.history["step"] == [30, 60]
+    assert {"train_loss", "train_elbo", "train_kl", "eval_loss", "eval_kl"} <= set(result.history)
+    assert result.history["eval_loss"][1] < result.history["eval_loss"][0]
+
+
+def test_a_large_beta_collapses_the_posterior_onto_the_prior(digits_vae):
+    """beta-VAE's other end: when KL costs beta times more, q(z|x) falls back to N(0, I)
+    (posterior collapse; not mode collapse, which is the GAN failure)."""
+    x_train, _, x_test, _ = digits_bits()
+    collapsed = vae.VAE(4, hidden=(64,), image_shape=(8, 8), rngs=nnx.Rngs(0))
+    train_briefly(collapsed, x_train, 300, beta=30.0)
+    kl_beta_1 = float(vae.elbo(key(2), digits_vae[0], x_test).kl)
+    kl_beta_30 = float(vae.elbo(key(2), collapsed, x_test).kl)
+    assert kl_beta_1 > 1.0 and kl_beta_30 < 0.1, (kl_beta_1, kl_beta_30)
