@@ -81,8 +81,8 @@ BIC_WRONG = {
     "sign of the log-likelihood": with_change(bic=lambda x, p, r: 2 * r["loglik"] + penalty(r) * np.log(len(x))),
     "log K instead of log N": with_change(
         bic=lambda x, p, r: -2 * r["loglik"] + penalty(r) * np.log(np.shape(p.means)[0])),
-    "library BIC, parameter counts left out": lambda x, p: {"bic": float(gmm.bic(x, p))},
-    "library AIC with the right pieces": with_change(bic=lambda x, p, r: float(gmm.aic(x, p))),
+    "library BIC, parameter counts left out": lambda x, p: {"bic": float(gmm.bic(p, x))},
+    "library AIC with the right pieces": with_change(bic=lambda x, p, r: float(gmm.aic(p, x))),
 }
 
 
@@ -145,7 +145,7 @@ def diag_wrong(fits, name):
         return full, ll_full, ll_full
     if name == "no EM: the k-means++ start":
         start = gmm.init_params(jax.random.key(4), X_TRAIN, 3, covariance_type="diag")
-        return start, float(gmm.log_likelihood(X_TEST, start)), ll_full
+        return start, float(gmm.log_likelihood(start, X_TEST)), ll_full
     if name == "one EM step from scikit-learn's k-means start":
         start = sk_fit(xtr, "diag", max_iter=1, n_init=1)
         return params_of(start), start.score(xte), ll_full
