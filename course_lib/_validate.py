@@ -81,9 +81,24 @@ def real_array(x, name: str, *, ndim: int | tuple[int, ...] | None = None,
         raise ValueError(f"{name} must be {want}, got shape {tuple(x.shape)}")
     target = dtype or (x.dtype if np.issubdtype(x.dtype, np.floating) else jnp.result_type(float))
     out = jnp.asarray(x, dtype=jax.dtypes.canonicalize_dtype(target))   # float64 only under x64
-    if finite and is_concrete(out) and not bool(jnp.all(jnp.isfinite(out))):
+    # checked with NumPy on the host: a concrete constant captured inside jit stays concrete,
+    # but jnp.isfinite of it would be a tracer
+    if finite and is_concrete(out) and not np.all(np.isfinite(np.asarray(out))):
         raise ValueError(f"{name} contains NaN or infinite values")
     return out
+
+
+def key(value, name: str = "key") -> jax.Array:
+    """A JAX PRNG key: a typed key (``jax.random.key(seed)``) or a legacy raw ``uint32[2]``
+    (``jax.random.PRNGKey(seed)``), returned unchanged (both draw the same numbers)."""
+    if isinstance(value, jax.Array) and jnp.issubdtype(value.dtype, jax.dtypes.prng_key):
+        if value.shape != ():
+            raise ValueError(f"{name} must be one PRNG key, got a batch of shape {value.shape}")
+        return value
+    if (isinstance(value, (jax.Array, np.ndarray)) and value.shape == (2,)
+            and value.dtype == np.uint32):
+        return value
+    raise ValueError(f"{name} must be a PRNG key from jax.random.key(seed), got {value!r:.80}")
 
 
 def ids(x, name: str, size: int, *, ndim: int | tuple[int, ...] | None = None,

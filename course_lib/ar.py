@@ -538,9 +538,7 @@ def sample_ar(key: jax.Array, coeffs, intercept, sigma, n: int, *, burn_in: int 
     over keys for many paths (call the function once per key outside ``vmap`` if you want the
     argument checks).
     """
-    if not isinstance(key, jax.Array) or not (
-            jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) or key.shape == (2,)):
-        raise ValueError(f"key must be a PRNG key from jax.random.key(seed), got {key!r}")
+    key = _validate.key(key)
     coeffs = _check_coeffs(coeffs)
     intercept = _validate.real(intercept, "intercept")
     sigma = _validate.real(sigma, "sigma", low=0.0)

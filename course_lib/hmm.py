@@ -878,18 +878,9 @@ def _sample(key, params, length):
     return Sample(states, obs)
 
 
-def _check_key(key) -> jax.Array:
-    ok = isinstance(key, jax.Array) and (
-        jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
-        or (key.dtype == jnp.uint32 and key.shape[-1:] == (2,)))
-    if not ok or key.shape not in ((), (2,)):
-        raise ValueError(f"key must be one JAX PRNG key (jax.random.key(seed)), got {key!r}")
-    return key
-
-
 def sample(key: jax.Array, params: HMM, length: int) -> Sample:
     """Draw z_0 ~ π, z_{t+1} ~ A[z_t], x_t ~ p(x | z_t) for t < ``length`` (an integer >= 1)."""
-    key = _check_key(key)
+    key = _validate.key(key)
     length = _validate.count(length, "length")
     return _sample(key, validate(params), length)
 

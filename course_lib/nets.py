@@ -494,9 +494,7 @@ class CharLM(nnx.Module):
             raise ValueError("prompt_ids must hold at least one token")
         steps = _check_positive_int("steps", steps)
         temperature = _validate.real(temperature, "temperature", low=0.0, low_open=True)
-        if not isinstance(key, jax.Array) or not (
-                jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) or key.shape == (2,)):
-            raise ValueError(f"key must be a PRNG key from jax.random.key(seed), got {key!r}")
+        key = _validate.key(key)
         graphdef, state = nnx.split(self)
         return _generate(graphdef, state, prompt_ids.astype(jnp.int32), key, steps,
                          jnp.float32(temperature))

@@ -90,14 +90,6 @@ def _check_windows(windows, vocab_size: int, name: str = "windows") -> jax.Array
     return w.astype(jnp.int32)
 
 
-def _check_key(key) -> jax.Array:
-    if not isinstance(key, jax.Array) or not (
-            jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
-            or (key.dtype == jnp.uint32 and key.shape == (2,))):
-        raise ValueError(f"key must be a PRNG key from jax.random.key(seed), got {key!r}")
-    return key
-
-
 def _check_model(model) -> NGramModel:
     """An NGramModel whose table has the right shape, no NaN, and rows that normalise."""
     if not isinstance(model, NGramModel):
@@ -338,7 +330,7 @@ def sample_ngram(key: jax.Array, model: NGramModel, n: int, length: int, *,
     Returns: (n, length) int32 ids (for names, cut each at its first boundary with
     :func:`decode_names`).
     """
-    key = _check_key(key)
+    key = _validate.key(key)
     model = _check_model(model)
     n = _validate.count(n, "n")
     length = _validate.count(length, "length")
@@ -454,7 +446,7 @@ def train_neural_bigram(key: jax.Array, inputs, targets, vocab_size: int, *, ste
     :func:`bigram_mle_loss` but stays above it while some observed context has an unseen
     successor (see :func:`bigram_loss`).
     """
-    key = _check_key(key)
+    key = _validate.key(key)
     v = _validate.count(vocab_size, "vocab_size")
     inputs = _validate.ids(inputs, "inputs", v, ndim=1).astype(jnp.int32)
     targets = _validate.ids(targets, "targets", v, ndim=1).astype(jnp.int32)

@@ -86,3 +86,19 @@ def test_positive_definite(bad, match):
     with pytest.raises(ValueError, match="cov must.*" + match):
         v.positive_definite(bad, "cov")
     assert v.positive_definite(np.eye(2)[None].repeat(3, 0), "cov").shape == (3, 2, 2)
+
+
+def test_real_array_checks_a_constant_captured_inside_jit():
+    const = jnp.array([1.0, 2.0])
+    f = jax.jit(lambda a: v.real_array(const, "w") * a)
+    assert f(2.0).tolist() == [2.0, 4.0]
+
+
+def test_key_accepts_typed_and_raw_keys_and_names_the_argument():
+    typed, raw = jax.random.key(0), jax.random.PRNGKey(0)
+    assert v.key(typed) is typed and v.key(raw) is raw
+    with pytest.raises(ValueError, match="rng must be one PRNG key"):
+        v.key(jax.random.split(typed, 3), "rng")
+    for bad in (0, np.array([1, 2]), jnp.zeros(2), "key", None):
+        with pytest.raises(ValueError, match="rng must be a PRNG key"):
+            v.key(bad, "rng")
