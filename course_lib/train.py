@@ -275,7 +275,7 @@ def _check_metrics(metrics, what: str) -> dict:
 
 # Compiled steps per loss_fn. Keys are weak (a dropped loss_fn frees its steps) and the steps
 # reach loss_fn through a weak reference, so the cache keeps nothing alive by itself.
-_STEP_CACHE: "weakref.WeakKeyDictionary[Callable, dict[str, Callable]]" = weakref.WeakKeyDictionary()
+_STEP_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _weak_caller(fn: Callable) -> Callable:
@@ -644,8 +644,9 @@ def _modules(state) -> list:
     nodes = jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, nnx.Pytree))
     if not nodes or not all(isinstance(x, nnx.Pytree) for x in nodes):
         kinds = sorted({type(x).__name__ for x in nodes if not isinstance(x, nnx.Pytree)})
+        held = f" holding {kinds}" if kinds else ""
         raise ValueError("state must be an NNX module or optimizer, or a dict/list/tuple of "
-                         f"them, got {type(state).__name__}" + (f" holding {kinds}" if kinds else ""))
+                         f"them, got {type(state).__name__}{held}")
     return [x for x in nodes if isinstance(x, nnx.Module)]
 
 
@@ -857,7 +858,8 @@ def _drive(run: _Run, checkpoint_dir, *, resume: bool, progress: bool, desc: str
                 guard.check()
             bar.update(1)
             if is_record:
-                shown = {f"train_{k}": f"{v:.4f}" for k, v in record.close_period(step_done).items()}
+                means = record.close_period(step_done)
+                shown = {f"train_{k}": f"{v:.4f}" for k, v in means.items()}
                 if run.evaluate is not None:
                     ev = run.evaluate()
                     record.add_eval(step_done, ev, run.state)

@@ -555,8 +555,11 @@ def test_loop_early_stopping_on_a_named_metric_restores_the_whole_state():
     model = Scalar(0.0)
     state = {"model": model, "opt": nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)}
 
+    traces = []
+
     @nnx.jit
     def update(state, batch, key, t):
+        traces.append(1)
         loss, grads = nnx.value_and_grad(lambda m: -jnp.mean(batch[0]) * m.w[...])(state["model"])
         state["opt"].update(state["model"], grads)
         return {"minus_w": loss}
@@ -571,6 +574,7 @@ def test_loop_early_stopping_on_a_named_metric_restores_the_whole_state():
     assert result.stopped_early and result.steps_done == 13 and result.best_step == 10
     np.testing.assert_allclose(float(model.w[...]), 1.0, atol=1e-6)
     assert int(state["opt"].step[...]) == 10     # the optimizer went back to step 10 too
+    assert len(traces) == 1     # the step number arrives traced: one compilation, 13 steps
     np.testing.assert_allclose(result.history["eval_mse"],
                                [(0.1 * k - 1) ** 2 for k in range(1, 14)], atol=1e-5)
 
@@ -726,3 +730,40 @@ def test_cross_entropy_allows_masked_logits_and_runs_under_jit():
     np.testing.assert_allclose(jax.jit(train.cross_entropy)(logits, labels), expected,
                                rtol=1e-6)
     assert float(jax.jit(train.accuracy)(logits, labels)) == 1.0
+
+
+def test_save_and_load_model_reject_bad_arguments(tmp_path):
+    a_file = tmp_path / "weights.txt"
+    a_file.write_text("x")
+    with pytest.raises(ValueError, match="regular file"):
+        train.save_model(make_model(), a_file)
+    assert a_file.read_text() == "x"                       # left untouched
+    with pytest.raises(ValueError, match="model must be an nnx.Module"):
+        train.save_model({"w": np.zeros(3)}, tmp_path / "m")
+    path = train.save_model(make_model(), tmp_path / "m")
+    with pytest.raises(ValueError, match="model_template must be an nnx.Module"):
+        train.load_model(None, path)
+    with pytest.raises(train.CheckpointError, match="no saved model"):
+        train.load_model(make_model(), a_file)
+
+
+def test_interrupted_early_stopping_run_resumes_with_its_best_state(tmp_path):
+    straight_model = Scalar(0.0)
+    straight = _early_stopping_fit(straight_model)
+
+    def interrupt(steps_done):       # after the best evaluation (10) and one worse one
+        if steps_done == 11:
+            raise KeyboardInterrupt
+
+    where = tmp_path / "es"
+    with pytest.raises(KeyboardInterrupt):
+        _early_stopping_fit(Scalar(0.0), checkpoint_dir=where, checkpoint_every=1,
+                            callback=interrupt)
+    assert train.latest_checkpoint_step(where) == 11
+    resumed_model, calls = Scalar(3.0), []
+    resumed = _early_stopping_fit(resumed_model, checkpoint_dir=where, resume=True,
+                                  callback=calls.append)
+    assert calls == [12, 13]
+    assert resumed == straight
+    np.testing.assert_array_equal(np.asarray(resumed_model.w[...]),
+                                  np.asarray(straight_model.w[...]))
