@@ -137,21 +137,8 @@ def accuracy(logits: Array, labels: Array) -> Array:
 # ------------------------------------------------------------------------------- data
 def _as_key(key) -> Array:
     """Accept a typed key (``jax.random.key``) or a raw ``PRNGKey``; return a typed key."""
-    if key is None:
-        raise ValueError("key must be a JAX PRNG key, e.g. jax.random.key(0); got None")
-    if not isinstance(key, jax.Array):
-        try:
-            key = jnp.asarray(key)
-        except (TypeError, ValueError):
-            raise ValueError(f"key must be a JAX PRNG key (jax.random.key(seed)), got "
-                             f"{key!r}") from None
-    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        if key.shape != ():
-            raise ValueError(f"key must be a single PRNG key, got shape {key.shape}")
-        return key
-    if key.dtype == jnp.uint32 and key.shape == (2,):
-        return jax.random.wrap_key_data(key)
-    raise ValueError(f"key must be a JAX PRNG key (jax.random.key(seed)), got {key.dtype} {key.shape}")
+    key = _validate.key(key)
+    return key if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else jax.random.wrap_key_data(key)
 
 
 def _check_arrays(arrays, name: str) -> tuple:

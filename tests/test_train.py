@@ -767,3 +767,12 @@ def test_interrupted_early_stopping_run_resumes_with_its_best_state(tmp_path):
     assert resumed == straight
     np.testing.assert_array_equal(np.asarray(resumed_model.w[...]),
                                   np.asarray(straight_model.w[...]))
+
+
+def test_a_raw_prng_key_gives_the_same_batches_as_a_typed_one():
+    x = np.arange(10)
+    for step in range(4):
+        np.testing.assert_array_equal(train.batch_at((x,), 3, step, key=jax.random.PRNGKey(3))[0],
+                                      train.batch_at((x,), 3, step, key=jax.random.key(3))[0])
+    with pytest.raises(ValueError, match="key"):
+        train.batch_at((x,), 3, 0, key=jax.random.split(jax.random.key(0), 2))
