@@ -66,15 +66,6 @@ LOG4 = math.log(4.0)
 
 
 # ------------------------------------------------------------------------ checks
-def _as_key(key, name: str = "key") -> Array:
-    """A typed PRNG key (``jax.random.key``); a raw ``PRNGKey`` (uint32 pair) is wrapped."""
-    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return key
-    if isinstance(key, (jax.Array, np.ndarray)) and key.shape == (2,) and key.dtype == np.uint32:
-        return jax.random.wrap_key_data(key)
-    raise ValueError(f"{name} must be a PRNG key (jax.random.key(seed)), got {key!r}")
-
-
 def _option(value, name: str, choices: Sequence[str]) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
@@ -254,7 +245,7 @@ def gradient_penalty(key, critic, x_real, x_fake, *, labels=None) -> Array:
     critic has gradient norm 1. ``x_real``, ``x_fake``: ``(B, *in_shape)``. Added to
     :func:`critic_loss` with a weight (10 in the paper). The critic must not use batch norm.
     """
-    key = _as_key(key)
+    key = _validate.key(key)
     _check_no_batch_norm(critic, "critic")
     x_real = _model_input(critic, x_real, "x_real", "critic")
     x_fake = _model_input(critic, x_fake, "x_fake", "critic")
@@ -289,7 +280,7 @@ class Mixture(NamedTuple):
 
 
 def _mixture(key, centres: Array, n, std, name_n: str = "n") -> Mixture:
-    key = _as_key(key)
+    key = _validate.key(key)
     n = _validate.count(n, name_n)
     std = _validate.real(std, "std", low=0.0, low_open=True)
     k_mode, k_noise = jax.random.split(key)
@@ -692,7 +683,7 @@ def _check_optimizer(optimizer, name: str) -> None:
 def _step_inputs(generator, discriminator, x, labels, key, disc_name: str):
     check_pair(generator, discriminator)
     x = _model_input(discriminator, x, "x", disc_name)
-    return x, _labels(discriminator, labels, x.shape[0], disc_name), _as_key(key)
+    return x, _labels(discriminator, labels, x.shape[0], disc_name), _validate.key(key)
 
 
 def discriminator_step(generator, discriminator, d_optimizer, x, *, key, labels=None) -> dict:
@@ -822,7 +813,7 @@ def sample(key, generator, n, *, labels=None) -> Array:
     The generator runs in its current mode (``course_lib.train.loop`` leaves it in eval mode:
     batch norm then uses its running statistics). ``labels (n,)`` for a conditional generator.
     """
-    key = _as_key(key)
+    key = _validate.key(key)
     n = _validate.count(n, "n")
     if not hasattr(generator, "latent_dim"):
         raise ValueError(f"generator must have a latent_dim attribute (a course_lib.gan "

@@ -183,7 +183,7 @@ def reparameterize(key, mean, log_var, *, n: int | None = None) -> Array:
 
     mean, log_var: ``(..., D)``. Returns ``(..., D)``, or ``(n, ..., D)`` with ``n`` draws.
     """
-    key = _key(key)
+    key = _validate.key(key)
     mean = _validate.real_array(mean, "mean")
     log_var = _validate.real_array(log_var, "log_var")
     _same_shape(log_var, mean, "log_var", "mean")
@@ -221,20 +221,12 @@ def binarize(key, images) -> Array:
     a new key gives a new draw (for training batches; the fixed test set is
     ``course_lib.data.binarize_fixed``).
     """
-    key = _key(key)
+    key = _validate.key(key)
     images = _unit_interval(_validate.real_array(images, "images"), "images")
     return jax.random.bernoulli(key, images).astype(jnp.float32)
 
 
 # ------------------------------------------------------------------------------ argument checks
-def _key(key) -> Array:
-    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return key
-    if isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,):
-        return key
-    raise ValueError(f"key must be a JAX PRNG key (jax.random.key(seed)), got {key!r:.60}")
-
-
 def _same_shape(a: Array, b: Array, name_a: str, name_b: str) -> None:
     if a.shape != b.shape:
         raise ValueError(f"{name_a} must have the shape of {name_b} {b.shape}, got {a.shape}")
@@ -468,7 +460,7 @@ def elbo(key, model: VAE, x, *, labels=None, beta: float = 1.0, n: int = 1,
     ``per_example=True``, else their batch means.
     """
     _check_model(model)
-    key, x = _key(key), _images(model, x)
+    key, x = _validate.key(key), _images(model, x)
     labels = _labels(model, labels, x.shape[0])
     beta, n = _beta(beta), _validate.count(n, "n")
     return _elbo_jit(key, model, x, labels, jnp.asarray(beta, x.dtype), n, bool(per_example))
@@ -502,7 +494,7 @@ def elbo_estimate(key, log_joint: LogJoint, q, *, k: int = 1) -> Array:
     log-joint; with the exact posterior as ``q`` it is ``log p(x)`` with no variance.
     """
     k = _validate.count(k, "k")
-    return jnp.mean(log_importance_weights(_key(key), log_joint, q, k=k), axis=0)
+    return jnp.mean(log_importance_weights(_validate.key(key), log_joint, q, k=k), axis=0)
 
 
 def iwae_estimate(key, log_joint: LogJoint, q, *, k: int, chunk_size: int = 256) -> Array:
@@ -513,7 +505,7 @@ def iwae_estimate(key, log_joint: LogJoint, q, *, k: int, chunk_size: int = 256)
     ``chunk_size`` at a time (chunk ``i`` from ``fold_in(key, i)``) with a running
     log-sum-exp, so memory grows with ``chunk_size``, not ``k`` (``k = 5000`` fits).
     """
-    key = _key(key)
+    key = _validate.key(key)
     k = _validate.count(k, "k")
     chunk = min(_validate.count(chunk_size, "chunk_size"), k)
     return _iwae_scan(key, log_joint, q, k, chunk)
@@ -575,7 +567,7 @@ def iwae_bound(key, model: VAE, x, *, k: int, labels=None, chunk_size: int = 256
     Memory: ``B * chunk_size * P`` decoder outputs at a time.
     """
     _check_model(model)
-    key, x = _key(key), _images(model, x)
+    key, x = _validate.key(key), _images(model, x)
     labels = _labels(model, labels, x.shape[0])
     k = _validate.count(k, "k")
     chunk = min(_validate.count(chunk_size, "chunk_size"), k)
@@ -683,7 +675,7 @@ def linear_gaussian_elbo(params: LinearGaussian, x, q) -> Array:
 def _check_toy(key, f, mean, log_var, n):
     if not callable(f):
         raise ValueError(f"f must be callable as f(z (D,)) -> scalar, got {type(f).__name__}")
-    key = _key(key)
+    key = _validate.key(key)
     mean = _validate.real_array(mean, "mean", ndim=1)
     log_var = _validate.real_array(log_var, "log_var", ndim=1)
     _same_shape(log_var, mean, "log_var", "mean")
@@ -770,7 +762,7 @@ def vae_step(key, model: VAE, optimizer: nnx.Optimizer, x, *, labels=None,
     (beta = 1), "reconstruction", "kl"}``. Callable inside ``nnx.jit`` (shape checks only).
     """
     _check_model(model)
-    key, x = _key(key), _images(model, x)
+    key, x = _validate.key(key), _images(model, x)
     labels = _labels(model, labels, x.shape[0])
     beta = _beta(beta)
     return _vae_step(key, model, optimizer, x, labels, jnp.asarray(beta, x.dtype))
@@ -812,7 +804,7 @@ def make_vae_update(*, beta: float = 1.0, dynamic_binarization: bool = True):
     def update(state, batch, key, step=None):
         model = state["model"]
         x, labels = _split_batch(model, batch)
-        bits_key, step_key = jax.random.split(_key(key))
+        bits_key, step_key = jax.random.split(_validate.key(key))
         if dynamic_binarization:
             x = jax.random.bernoulli(bits_key, x).astype(x.dtype)
         return vae_step(step_key, model, state["optimizer"], x, labels=labels, beta=beta)
@@ -841,7 +833,7 @@ def generate(key, model: VAE, n: int, *, labels=None) -> Array:
     ``binarize`` them for binary draws). labels ``(n,)`` for a :class:`ConditionalVAE`.
     """
     _check_model(model)
-    key, n = _key(key), _validate.count(n, "n")
+    key, n = _validate.key(key), _validate.count(n, "n")
     labels = _labels(model, labels, n)
     z = jax.random.normal(key, (n, model.latent_size))
     return jax.nn.sigmoid(model.decode(z, labels)).reshape((n,) + model.image_shape)
