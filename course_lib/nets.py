@@ -482,21 +482,21 @@ class CharLM(nnx.Module):
         _, hs = run_cell(self.cell, self.embed(tokens), carry)
         return self.head(hs)
 
-    def generate(self, prompt_ids: Array, steps: int, *, key: Array,
+    def generate(self, key: Array, prompt_ids: Array, length: int, *,
                  temperature: float = 1.0) -> Array:
-        """Sample ``steps`` tokens after ``prompt_ids (T0,)``; returns ``(T0 + steps,)`` ids.
+        """Sample ``length`` tokens after ``prompt_ids (T0,)``; returns ``(T0 + length,)`` ids.
 
-        Compiled once per (prompt length, steps): the prompt is read with :func:`run_cell`,
+        Compiled once per (prompt length, length): the prompt is read with :func:`run_cell`,
         then a ``lax.scan`` draws each token from ``softmax(logits / temperature)``.
         """
         prompt_ids = self._check_tokens(prompt_ids, 1, "prompt_ids")
         if prompt_ids.shape[0] < 1:
             raise ValueError("prompt_ids must hold at least one token")
-        steps = _check_positive_int("steps", steps)
+        length = _check_positive_int("length", length)
         temperature = _validate.real(temperature, "temperature", low=0.0, low_open=True)
         key = _validate.key(key)
         graphdef, state = nnx.split(self)
-        return _generate(graphdef, state, prompt_ids.astype(jnp.int32), key, steps,
+        return _generate(graphdef, state, prompt_ids.astype(jnp.int32), key, length,
                          jnp.float32(temperature))
 
 

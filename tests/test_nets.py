@@ -269,7 +269,7 @@ def test_charlm_generate_matches_naive_sampler():
     model = nets.CharLM(7, 3, 5, cell="gru", rngs=nnx.Rngs(2))
     prompt = jnp.array([1, 4, 2], jnp.int32)
     key = jax.random.key(42)
-    out = model.generate(prompt, 6, key=key, temperature=0.8)
+    out = model.generate(key, prompt, 6, temperature=0.8)
     assert out.shape == (9,) and out.dtype == jnp.int32
     np.testing.assert_array_equal(out[:3], prompt)
     seq = list(np.asarray(prompt))
@@ -277,8 +277,8 @@ def test_charlm_generate_matches_naive_sampler():
         logits = model(jnp.asarray(seq)[None])[0, -1]
         seq.append(int(jax.random.categorical(k, logits[None] / 0.8, axis=-1)[0]))
     np.testing.assert_array_equal(out, seq)
-    np.testing.assert_array_equal(out, model.generate(prompt, 6, key=key, temperature=0.8))
-    assert not np.array_equal(out, model.generate(prompt, 6, key=jax.random.key(7), temperature=0.8))
+    np.testing.assert_array_equal(out, model.generate(key, prompt, 6, temperature=0.8))
+    assert not np.array_equal(out, model.generate(jax.random.key(7), prompt, 6, temperature=0.8))
 
 
 def test_charlm_rejects_bad_input():
@@ -288,11 +288,11 @@ def test_charlm_rejects_bad_input():
     with pytest.raises(ValueError, match="integer"):
         model(jnp.ones((2, 3)))
     with pytest.raises(ValueError, match="temperature"):
-        model.generate(jnp.array([1]), 3, key=jax.random.key(0), temperature=0.0)
+        model.generate(jax.random.key(0), jnp.array([1]), 3, temperature=0.0)
     with pytest.raises(ValueError, match="at least one"):
-        model.generate(jnp.zeros((0,), jnp.int32), 3, key=jax.random.key(0))
-    with pytest.raises(ValueError, match="steps"):
-        model.generate(jnp.array([1]), 0, key=jax.random.key(0))
+        model.generate(jax.random.key(0), jnp.zeros((0,), jnp.int32), 3)
+    with pytest.raises(ValueError, match="length"):
+        model.generate(jax.random.key(0), jnp.array([1]), 0)
     with pytest.raises(ValueError, match="xs"):
         nets.run_cell(model.cell, jnp.ones((3, 2)))
     with pytest.raises(ValueError, match="features"):
@@ -308,7 +308,7 @@ def test_charlm_refuses_token_ids_outside_the_vocabulary(bad):
     with pytest.raises(ValueError, match=rf"tokens must lie in \[0, 5\) .*got {bad}"):
         model(tokens)
     with pytest.raises(ValueError, match=rf"prompt_ids must lie in \[0, 5\) .*got {bad}"):
-        model.generate(jnp.array([1, bad]), 3, key=jax.random.key(0))
+        model.generate(jax.random.key(0), jnp.array([1, bad]), 3)
 
 
 def test_charlm_token_check_leaves_jit_alone():
@@ -322,12 +322,12 @@ def test_charlm_token_check_leaves_jit_alone():
     (lambda m: m(np.array([["a", "b"]])), "tokens"),                        # strings
     (lambda m: m(jnp.array([0, 1])), "tokens"),                             # 1-D
     (lambda m: m(np.array([[True, False]])), "tokens"),                     # bools
-    (lambda m: m.generate(jnp.array([1]), 2.5, key=jax.random.key(0)), "steps"),
-    (lambda m: m.generate(jnp.array([1]), True, key=jax.random.key(0)), "steps"),
-    (lambda m: m.generate(jnp.array([1]), 3, key=0), "key"),
-    (lambda m: m.generate(jnp.array([1]), 3, key=jax.random.key(0), temperature=np.nan), "temperature"),
-    (lambda m: m.generate(jnp.array([1]), 3, key=jax.random.key(0), temperature="hot"), "temperature"),
-    (lambda m: m.generate(jnp.array([[1]]), 3, key=jax.random.key(0)), "prompt_ids"),
+    (lambda m: m.generate(jax.random.key(0), jnp.array([1]), 2.5), "length"),
+    (lambda m: m.generate(jax.random.key(0), jnp.array([1]), True), "length"),
+    (lambda m: m.generate(0, jnp.array([1]), 3), "key"),
+    (lambda m: m.generate(jax.random.key(0), jnp.array([1]), 3, temperature=np.nan), "temperature"),
+    (lambda m: m.generate(jax.random.key(0), jnp.array([1]), 3, temperature="hot"), "temperature"),
+    (lambda m: m.generate(jax.random.key(0), jnp.array([[1]]), 3), "prompt_ids"),
     (lambda m: nets.run_cell(m.cell, jnp.ones((2, 3, 2)), jnp.zeros((3, 3))), "carry"),
     (lambda m: nets.run_cell(m.cell, np.array([[["x", "y"]]])), "xs"),
     (lambda m: nets.run_cell(m.cell, jnp.full((1, 2, 2), jnp.nan)), "xs"),
