@@ -58,6 +58,7 @@ __all__ = [
     "conv_transpose_output_size", "check_pair",
     # training steps
     "discriminator_step", "critic_step", "generator_step", "gan_step",
+    "gan_state", "gan_update", "train_gan", "train_dcgan_mnist",
     # sampling
     "sample", "latent_interpolation", "image_grid", "sample_grid",
 ]
@@ -804,6 +805,93 @@ def gan_step(generator, discriminator, g_optimizer, d_optimizer, x, *, key, labe
     return _gan_update_jit(generator, discriminator, g_optimizer, d_optimizer, x, labels, key,
                            n_critic=n_critic, loss=loss, gp_weight=gp_weight,
                            clip_value=clip_value)
+
+
+# ------------------------------------------------------------------ the training loop
+def gan_state(generator, discriminator, g_tx, d_tx) -> dict:
+    """The state :func:`course_lib.train.loop` trains: ``{"g", "d", "g_opt", "d_opt"}``.
+
+    ``g_tx``, ``d_tx``: optax transformations of the two players (``nnx.Optimizer`` of each
+    module's ``nnx.Param``). Checks that the pair fits (:func:`check_pair`).
+    """
+    check_pair(generator, discriminator)
+    return {"g": generator, "d": discriminator,
+            "g_opt": nnx.Optimizer(generator, g_tx, wrt=nnx.Param),
+            "d_opt": nnx.Optimizer(discriminator, d_tx, wrt=nnx.Param)}
+
+
+def gan_update(*, n_critic: int = 1, loss: str = "non_saturating", gp_weight: float = 10.0,
+               clip_value: float = 0.01):
+    """``update(state, batch, key, t) -> metrics`` for :func:`course_lib.train.loop`: one
+    :func:`gan_step` on ``state = gan_state(...)``.
+
+    ``batch`` is ``(x,)`` or, for class-conditional players, ``(x, labels)``; its
+    ``n_critic * m`` examples feed the ``n_critic`` discriminator steps (``batch_size`` of the
+    loop must be a multiple of ``n_critic``). One loop step is one generator step.
+    """
+    n_critic = _validate.count(n_critic, "n_critic")
+    loss = _option(loss, "loss", _GAN_LOSSES)
+
+    def update(state, batch, key, t):
+        labels = batch[1] if len(batch) > 1 else None
+        return gan_step(state["g"], state["d"], state["g_opt"], state["d_opt"], batch[0],
+                        key=key, labels=labels, n_critic=n_critic, loss=loss,
+                        gp_weight=gp_weight, clip_value=clip_value)
+
+    return update
+
+
+def train_gan(generator, discriminator, data: tuple, *, steps: int, batch_size: int, key,
+              g_tx, d_tx=None, n_critic: int = 1, loss: str = "non_saturating",
+              gp_weight: float = 10.0, clip_value: float = 0.01, **loop_kwargs):
+    """Train a generator and a discriminator in place with ``course_lib.train.loop``.
+
+    ``data``: ``(x,)`` or ``(x, labels)`` (class-conditional players); ``steps`` generator
+    steps, each after ``n_critic`` discriminator steps on ``batch_size // n_critic`` real
+    examples apiece (``batch_size`` a multiple of ``n_critic``). ``d_tx`` defaults to
+    ``g_tx``. The same ``key``, settings and initial players give the same trained players
+    (on the same machine), so a run is re-created from its seed. Other keywords
+    (``eval_every``, ``callback``, ``progress``, ``desc``, ``checkpoint_dir``, ``resume``...)
+    go to :func:`course_lib.train.loop`. Returns its ``FitResult``; ``history`` holds the
+    metrics of :func:`gan_step` averaged over each period.
+    """
+    from course_lib import train           # imported here: train does not need gan
+
+    if _validate.count(batch_size, "batch_size") % _validate.count(n_critic, "n_critic"):
+        raise ValueError(f"batch_size={batch_size} must be a multiple of n_critic={n_critic}")
+    state = gan_state(generator, discriminator, g_tx, g_tx if d_tx is None else d_tx)
+    update = gan_update(n_critic=n_critic, loss=loss, gp_weight=gp_weight, clip_value=clip_value)
+    return train.loop(state, update, tuple(data), steps=steps, batch_size=batch_size, key=key,
+                      **loop_kwargs)
+
+
+def train_dcgan_mnist(images, labels=None, *, steps: int, seed: int, latent_dim: int = 32,
+                      features: int = 8, batch_size: int = 64, lr: float = 2e-4, **loop_kwargs):
+    """Notebook 07's DCGAN on MNIST, as one call (notebook 10 re-creates its generators so).
+
+    ``images (N, 28, 28)`` in ``[0, 1]`` (scaled here to ``2 x - 1``); ``labels (N,)`` make
+    both players class-conditional on 10 digits. Players :class:`DCGANGenerator` and
+    :class:`DCGANDiscriminator` (no batch norm) of ``features`` channels built from
+    ``nnx.Rngs(seed)``; Adam(``lr``, b1 0.5) for both (Radford et al. 2016); non-saturating
+    loss, one discriminator step per generator step, ``steps`` steps of ``batch_size``,
+    key ``jax.random.key(seed)``. The same arguments give the same generator on the same
+    machine. Other keywords go to :func:`course_lib.train.loop`. Returns
+    ``(generator, discriminator, result)``; the players end in eval mode.
+    """
+    import optax
+
+    images = _validate.real_array(images, "images", ndim=3)
+    if tuple(images.shape[1:]) != (28, 28):
+        raise ValueError(f"images must have shape (N, 28, 28), got {tuple(images.shape)}")
+    seed = _validate.count(seed, "seed", minimum=0)
+    n_classes = None if labels is None else 10
+    rngs = nnx.Rngs(seed)
+    generator = DCGANGenerator(latent_dim, features=features, n_classes=n_classes, rngs=rngs)
+    discriminator = DCGANDiscriminator(features=features, n_classes=n_classes, rngs=rngs)
+    data = (2.0 * images[..., None] - 1.0,) + (() if labels is None else (labels,))
+    result = train_gan(generator, discriminator, data, steps=steps, batch_size=batch_size,
+                       key=jax.random.key(seed), g_tx=optax.adam(lr, b1=0.5), **loop_kwargs)
+    return generator, discriminator, result
 
 
 # ------------------------------------------------------------------------ sampling

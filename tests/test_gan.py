@@ -607,3 +607,50 @@ def test_vanilla_gan_collapses_on_the_ring_where_wgan_gp_covers_every_mode(seed)
     assert vanilla.modes_covered <= 4, vanilla          # measured: 2 and 1 modes
     assert wgan.modes_covered == 8, wgan                 # measured: 8 and 8
     assert wgan.high_quality_fraction > 0.3, wgan
+
+
+# ------------------------------------------------------------- the loop: train_gan and friends
+def test_train_gan_is_gan_step_on_the_loops_batches_and_keys():
+    """train.loop with gan_update runs gan_step on batch_at's batches with fold_in keys."""
+    from course_lib import train
+
+    x = gan.ring_mixture(KEY, 96).x
+    for loss, n_critic in (("non_saturating", 1), ("wgan_gp", 2)):
+        g, d, _, _ = players()
+        result = gan.train_gan(g, d, (x,), steps=5, batch_size=16, key=KEY, g_tx=optax.adam(1e-2),
+                               n_critic=n_critic, loss=loss, progress=False)
+        assert result.steps_done == 5 and "train_g_loss" in result.history
+        h, k, h_opt, k_opt = players()
+        data_key, step_key, _ = train.fit_keys(KEY)
+        for t in range(5):
+            (batch,) = train.batch_at((x,), 16, t, key=data_key)
+            gan.gan_step(h, k, h_opt, k_opt, batch, key=jax.random.fold_in(step_key, t),
+                         n_critic=n_critic, loss=loss)
+        assert same(params_of(g), params_of(h)) and same(params_of(d), params_of(k)), loss
+
+
+def test_train_gan_conditional_and_bad_input():
+    g = gan.MLPGenerator(2, (8,), 2, n_classes=3, rngs=nnx.Rngs(0))
+    d = gan.MLPDiscriminator(2, (8,), n_classes=3, rngs=nnx.Rngs(1))
+    x, labels = np.zeros((32, 2), np.float32), np.arange(32) % 3
+    result = gan.train_gan(g, d, (x, labels), steps=2, batch_size=8, key=KEY,
+                           g_tx=optax.adam(1e-3), progress=False)
+    assert result.steps_done == 2
+    with pytest.raises(ValueError, match="multiple of n_critic"):
+        gan.train_gan(g, d, (x, labels), steps=2, batch_size=9, key=KEY, g_tx=optax.adam(1e-3),
+                      n_critic=2, progress=False)
+    with pytest.raises(ValueError, match="loss"):
+        gan.gan_update(loss="hinge")
+    with pytest.raises(ValueError, match="n_classes"):
+        gan.gan_state(gan.MLPGenerator(2, rngs=nnx.Rngs(0)), d, optax.adam(1e-3), optax.adam(1e-3))
+
+
+def test_train_dcgan_mnist_recreates_the_same_generator_from_its_seed():
+    images = np.asarray(jax.random.uniform(KEY, (16, 28, 28)))
+    labels = np.arange(16) % 10
+    runs = [gan.train_dcgan_mnist(images, labels, steps=2, seed=3, features=2, latent_dim=4,
+                                  batch_size=8, progress=False) for _ in range(2)]
+    assert same(params_of(runs[0][0]), params_of(runs[1][0]))
+    assert runs[0][0].n_classes == 10
+    with pytest.raises(ValueError, match="images must have shape"):
+        gan.train_dcgan_mnist(images[:, :27], steps=1, seed=0, progress=False)
