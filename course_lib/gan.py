@@ -866,7 +866,8 @@ def train_gan(generator, discriminator, data: tuple, *, steps: int, batch_size: 
 
 
 def train_dcgan_mnist(images, labels=None, *, steps: int, seed: int, latent_dim: int = 32,
-                      features: int = 8, batch_size: int = 64, lr: float = 2e-4, **loop_kwargs):
+                      features: int = 8, batch_size: int = 64, lr: float = 2e-4, callback=None,
+                      **loop_kwargs):
     """Notebook 07's DCGAN on MNIST, as one call (notebook 10 re-creates its generators so).
 
     ``images (N, 28, 28)`` in ``[0, 1]`` (scaled here to ``2 x - 1``); ``labels (N,)`` make
@@ -875,7 +876,9 @@ def train_dcgan_mnist(images, labels=None, *, steps: int, seed: int, latent_dim:
     ``nnx.Rngs(seed)``; Adam(``lr``, b1 0.5) for both (Radford et al. 2016); non-saturating
     loss, one discriminator step per generator step, ``steps`` steps of ``batch_size``,
     key ``jax.random.key(seed)``. The same arguments give the same generator on the same
-    machine. Other keywords go to :func:`course_lib.train.loop`. Returns
+    machine. ``callback(steps_completed, generator)``, if given, runs after each step (the
+    generator is in train mode: switch it to eval mode to sample). Other keywords go to
+    :func:`course_lib.train.loop`. Returns
     ``(generator, discriminator, result)``; the players end in eval mode.
     """
     import optax
@@ -890,7 +893,9 @@ def train_dcgan_mnist(images, labels=None, *, steps: int, seed: int, latent_dim:
     discriminator = DCGANDiscriminator(features=features, n_classes=n_classes, rngs=rngs)
     data = (2.0 * images[..., None] - 1.0,) + (() if labels is None else (labels,))
     result = train_gan(generator, discriminator, data, steps=steps, batch_size=batch_size,
-                       key=jax.random.key(seed), g_tx=optax.adam(lr, b1=0.5), **loop_kwargs)
+                       key=jax.random.key(seed), g_tx=optax.adam(lr, b1=0.5),
+                       callback=None if callback is None else (lambda t: callback(t, generator)),
+                       **loop_kwargs)
     return generator, discriminator, result
 
 
