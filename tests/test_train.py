@@ -595,16 +595,19 @@ def test_loop_names_the_step_where_a_metric_or_the_state_went_bad():
         train.loop(state, update, (np.zeros(4, np.float32),), steps=20, batch_size=2,
                    key=jax.random.key(0), progress=False)
 
-    # finite metrics, but the state becomes infinite at step 4
-    model = Scalar(1.0)
-
+    # finite metrics, but the state becomes infinite at step 4: no metric reads it, so the
+    # state check (every 10 steps, to keep the per-step cost low) finds it at step 9
     def blow_up(state, batch, key, t):
         if t == 4:
             state.w[...] = jnp.array(np.inf, jnp.float32)
         return {"zero": 0.0}
 
-    with pytest.raises(train.TrainingDiverged, match=r"step 4\b"):
-        train.loop(model, blow_up, (np.zeros(4, np.float32),), steps=20, batch_size=2,
+    with pytest.raises(train.TrainingDiverged, match=r"step 9\b"):
+        train.loop(Scalar(1.0), blow_up, (np.zeros(4, np.float32),), steps=20, batch_size=2,
+                   key=jax.random.key(0), progress=False)
+    # ... and at the last step, whatever the step count
+    with pytest.raises(train.TrainingDiverged, match=r"step 5\b"):
+        train.loop(Scalar(1.0), blow_up, (np.zeros(4, np.float32),), steps=6, batch_size=2,
                    key=jax.random.key(0), progress=False)
 
 
