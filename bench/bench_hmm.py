@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import Row, best_time, first_call_time, markdown_table  # noqa: E402
+from bench.common import Row, first_call_time, markdown_table, time_pair  # noqa: E402
 from course_lib import hmm  # noqa: E402
 
 DYNAMAX_PY = Path(__file__).resolve().parents[1] / ".venv-dynamax" / "bin" / "python"
@@ -70,12 +70,11 @@ def _symbols(shape, seed: int = 1) -> np.ndarray:
 def _row(case, ours_fn, peer_fn, target, note, repeats):
     compile_and_run = first_call_time(ours_fn)
     first_call_time(peer_fn)                   # warm-up, untimed, as ours gets
-    ours = best_time(ours_fn, repeats)
-    peer = best_time(peer_fn, repeats)          # the same number of repeats on both sides
+    ours, peer = time_pair(ours_fn, peer_fn, repeats)   # same repeats, alternated
     import hmmlearn
 
     return Row("hmm", case, ours, peer, f"hmmlearn {hmmlearn.__version__} (scaling)",
-               compile_s=compile_and_run - ours, target=target, note=note)
+               compile_s=compile_and_run - ours, target=target, note=note, repeats=repeats)
 
 
 def _check_agreement(ours_ll, peer_ll, t_total):
@@ -171,10 +170,9 @@ def dynamax_rows(quick: bool, in_worker: bool = False) -> list[Row]:
                      lambda: peer_mode(x))]:
                 compile_and_run = first_call_time(ours_fn)
                 first_call_time(peer_fn)           # dynamax compiles too: warm it up
-                ours = best_time(ours_fn, 7)
-                block_peer = best_time(peer_fn, 7)
+                ours, block_peer = time_pair(ours_fn, peer_fn, 7)
                 rows.append(Row("hmm", f"{what}, {label}, K={k}", ours, block_peer, version,
-                                compile_s=compile_and_run - ours,
+                                compile_s=compile_and_run - ours, repeats=7,
                                 note="both float32 JAX; dynamax via vmap for the batch"))
             _check_agreement(jnp.sum(hmm.forward(params, x).log_likelihood),
                              jnp.sum(peer_filt(x)[0]), x.size)

@@ -145,7 +145,7 @@ def _compare(name: str, cfg: dict, build, quick: bool, note: str) -> Row:
     steady = min(ours_best)
     return Row(topic="nets", case=name, ours_s=steady, peer_s=min(peer_best),
                peer=f"PyTorch {torch_worker.version}", compile_s=first - steady, target=1.0,
-               note=note)
+               note=note, repeats=rounds)
 
 
 def run(quick: bool) -> list[Row]:

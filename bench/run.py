@@ -29,8 +29,11 @@ BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 def machine() -> str:
     import jax
 
+    load = ", load average %.1f at the start (other work running: ratios are same-run, but "
+    load = (load % os.getloadavg()[0] + "absolute times are inflated)") if os.getloadavg()[0] > 1.5 else ""
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-            f"Python {platform.python_version()}, jax {jax.__version__}, backend {jax.default_backend()}")
+            f"Python {platform.python_version()}, jax {jax.__version__}, backend {jax.default_backend()}"
+            f"{load}")
 
 
 def main(argv=None) -> int:
