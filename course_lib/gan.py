@@ -868,7 +868,7 @@ def train_gan(generator, discriminator, data: tuple, *, steps: int, batch_size: 
 def train_dcgan_mnist(images, labels=None, *, steps: int, seed: int, latent_dim: int = 32,
                       features: int = 8, batch_size: int = 64, lr: float = 2e-4, callback=None,
                       **loop_kwargs):
-    """Notebook 07's DCGAN on MNIST, as one call (notebook 10 re-creates its generators so).
+    """Notebook 07's DCGAN on MNIST, as one call (the evaluation notebook re-creates its generators so).
 
     ``images (N, 28, 28)`` in ``[0, 1]`` (scaled here to ``2 x - 1``); ``labels (N,)`` make
     both players class-conditional on 10 digits. Players :class:`DCGANGenerator` and

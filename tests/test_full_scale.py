@@ -130,6 +130,22 @@ RUNS = [
             # ... and 3 steps do not change how far back the gradients reach as 8000 do
             "cc0c0047": r"assert all\(claims\.values\(\)\)",
         }),
+    Run("07_gan",
+        {"dataset": "mnist_small", "d_steps": 20, "ring_steps": 20, "ring_samples": 2000,
+         "eval_every": 10, "score_samples": 1000, "dcgan_steps": 20, "snapshots": [1, 10, 20]},
+        may_fail={
+            # 20 steps: the 1-D discriminator is not yet close to D*
+            "87f0f308": r"assert (gap < 0\.1|v_trained <= v_star)",
+            # 20 steps: no early win of D followed by a draw near log 4
+            "794cf8cd": r"assert (acc\.max\(\)|np\.abs\(d_loss)",
+            # 20 steps: coverage of the ring is not yet what the comparison claims ...
+            "c12ac876": r"assert cov\[",
+            # ... nor is the clipped WGAN's high-quality fraction below half WGAN-GP's
+            "fa58f095": r"assert clip_cov\.",
+            # 20 steps: conditional samples are not yet the asked digit
+            "ce5d766e": r"assert real_acc > 0\.7 and cond_acc >= CFG\.min_cond_accuracy",
+        },
+        label="mnist_small"),
     Run("08_vae",
         {"source": "mnist_small", "steps": 20, "ae_steps": 20, "sweep_steps": 20, "grid_steps": 20,
          "anomaly_steps": 20, "cvae_steps": 20, "eval_every": 10, "iwae_ks": [1, 10, 100, 1000],
