@@ -153,3 +153,19 @@ def positive_definite(cov, name: str) -> jax.Array:
             raise ValueError(
                 f"{name} must be positive definite; its smallest eigenvalue is {smallest:.3g}")
     return cov
+
+
+def class_labels(labels, n_classes: int | None, batch: int, model_name: str):
+    """The labels a (possibly) class-conditional model needs: ``None`` for an unconditional one
+    (``n_classes`` None or 0), else ``batch`` integer labels in ``[0, n_classes)``."""
+    if not n_classes:
+        if labels is not None:
+            raise ValueError(f"labels given but {model_name} is unconditional (it takes none)")
+        return None
+    if labels is None:
+        raise ValueError(f"labels are required: {model_name} is class-conditional "
+                         f"({n_classes} classes)")
+    labels = ids(labels, "labels", n_classes, ndim=1, what="classes")
+    if labels.shape[0] != batch:
+        raise ValueError(f"labels must hold one label per example ({batch}), got {labels.shape[0]}")
+    return labels

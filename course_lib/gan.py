@@ -575,18 +575,7 @@ def _model_input(disc, x, name: str, disc_name: str) -> Array:
 
 
 def _labels(model, labels, batch: int, model_name: str) -> Array | None:
-    n_classes = getattr(model, "n_classes", None)
-    if n_classes is None:
-        if labels is not None:
-            raise ValueError(f"labels given but {model_name} is unconditional (n_classes=None)")
-        return None
-    if labels is None:
-        raise ValueError(f"labels are required: {model_name} is class-conditional "
-                         f"(n_classes={n_classes})")
-    labels = _validate.ids(labels, "labels", n_classes, ndim=1, what="classes")
-    if labels.shape[0] != batch:
-        raise ValueError(f"labels must have one entry per example ({batch}), got {labels.shape[0]}")
-    return labels
+    return _validate.class_labels(labels, getattr(model, "n_classes", None), batch, model_name)
 
 
 def check_pair(generator, discriminator) -> None:

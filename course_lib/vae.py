@@ -275,19 +275,8 @@ def _images(model, x, name: str = "x") -> Array:
 
 
 def _labels(model, labels, batch: int) -> Array | None:
-    n_classes = getattr(model, "n_classes", 0)
-    if n_classes == 0:
-        if labels is not None:
-            raise ValueError(f"labels given to an unconditional {type(model).__name__}; only a "
-                             "ConditionalVAE takes labels")
-        return None
-    if labels is None:
-        raise ValueError(f"labels are required: this {type(model).__name__} is conditional on "
-                         f"{n_classes} classes")
-    labels = _validate.ids(labels, "labels", n_classes, ndim=1, what="class labels")
-    if labels.shape[0] != batch:
-        raise ValueError(f"labels must hold one label per image ({batch}), got {labels.shape[0]}")
-    return labels
+    return _validate.class_labels(labels, getattr(model, "n_classes", 0), batch,
+                                  type(model).__name__)
 
 
 def _check_model(model, name: str = "model", *, kind=None) -> None:
@@ -348,6 +337,14 @@ class Decoder(nnx.Module):
         return self.logits_head(self.body(z))
 
 
+def _set_sizes(model, latent_size, image_shape, hidden) -> tuple[int, ...]:
+    """Checks and stores ``latent_size``, ``image_shape`` and ``n_pixels``; returns ``hidden``."""
+    model.latent_size = _validate.count(latent_size, "latent_size")
+    model.image_shape = _image_shape(image_shape)
+    model.n_pixels = int(np.prod(model.image_shape))
+    return _hidden(hidden)
+
+
 class VAE(nnx.Module):
     """MLP VAE for binarised images: Gaussian encoder, ``N(0, I)`` prior, Bernoulli decoder.
 
@@ -362,10 +359,7 @@ class VAE(nnx.Module):
 
     def __init__(self, latent_size: int = 16, *, hidden: Sequence[int] = (512,),
                  image_shape: Sequence[int] = IMAGE_SHAPE, rngs: nnx.Rngs):
-        self.latent_size = _validate.count(latent_size, "latent_size")
-        self.image_shape = _image_shape(image_shape)
-        self.n_pixels = int(np.prod(self.image_shape))
-        hidden = _hidden(hidden)
+        hidden = _set_sizes(self, latent_size, image_shape, hidden)
         c = self.n_classes
         self.encoder = Encoder(self.n_pixels + c, hidden, self.latent_size, rngs=rngs)
         self.decoder = Decoder(self.latent_size + c, hidden[::-1], self.n_pixels, rngs=rngs)
@@ -411,10 +405,7 @@ class Autoencoder(nnx.Module):
 
     def __init__(self, latent_size: int = 16, *, hidden: Sequence[int] = (512,),
                  image_shape: Sequence[int] = IMAGE_SHAPE, rngs: nnx.Rngs):
-        self.latent_size = _validate.count(latent_size, "latent_size")
-        self.image_shape = _image_shape(image_shape)
-        self.n_pixels = int(np.prod(self.image_shape))
-        hidden = _hidden(hidden)
+        hidden = _set_sizes(self, latent_size, image_shape, hidden)
         self.body = _Body(self.n_pixels, hidden, rngs=rngs)
         self.code_head = nnx.Linear(self.body.out_features, self.latent_size, rngs=rngs)
         self.decoder = Decoder(self.latent_size, hidden[::-1], self.n_pixels, rngs=rngs)

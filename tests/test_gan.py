@@ -526,7 +526,7 @@ def test_conditional_steps_check_their_labels():
         gan.gan_step(g, d, g_opt, d_opt, np.zeros((4, 2)), key=KEY)
     with pytest.raises(ValueError, match="labels must lie in"):
         gan.gan_step(g, d, g_opt, d_opt, np.zeros((4, 2)), key=KEY, labels=np.array([0, 1, 2, 3]))
-    with pytest.raises(ValueError, match="labels must have one entry per example"):
+    with pytest.raises(ValueError, match="labels must hold one label per example"):
         gan.discriminator_step(g, d, d_opt, np.zeros((4, 2)), key=KEY, labels=np.array([0, 1]))
 
 

@@ -523,7 +523,7 @@ def test_conditional_vae_demands_valid_labels():
         vae.elbo(key(), model, x)
     with pytest.raises(ValueError, match="labels must lie in"):
         vae.elbo(key(), model, x, labels=[0, 3])
-    with pytest.raises(ValueError, match="one label per image"):
+    with pytest.raises(ValueError, match="one label per example"):
         vae.elbo(key(), model, x, labels=[0, 1, 2])
     with pytest.raises(ValueError, match="labels must hold integer"):
         vae.elbo(key(), model, x, labels=[0.0, 1.0])
