@@ -1,0 +1,164 @@
+"""Training-step throughput of course_lib.gan (DCGAN) and course_lib.vae (VAE) against PyTorch.
+
+Each case is one training step at the configuration notebooks 07 and 08 use (``full`` scale,
+and the ``small`` one), on the CPU:
+
+* DCGAN, both players (``gan.train_dcgan_mnist``'s recipe): one discriminator step on a real
+  batch and as many fresh fakes, then one generator step on fresh latents, non-saturating
+  loss, Adam(lr, b1=0.5) for each player;
+* VAE (``vae.VAE`` under ``vae.make_vae_update``): dynamic binarisation of the batch, one
+  reparameterised draw, Bernoulli decoder on 28x28 images, closed-form KL, Adam.
+
+Ours is what ``train.loop`` runs at each step: the batch gathered from the data, the
+``update`` that ``gan.train_gan`` / notebook 08 give the loop (``gan.gan_update()``, i.e. the
+compiled ``gan_step``; ``vae.make_vae_update()``, i.e. binarisation then the compiled
+``vae_step``), and the loop's NaN/Inf check of the metrics (and of the whole state every 10
+steps). PyTorch's twin (bench/torch_models.py) is the same model (same layer sizes, batch
+norm momentum, optimizer and hyper-parameters), eager, with the same thread count, run in a
+worker process from ``.venv-torch``. The two sides alternate in rounds of ``k`` steps so that
+they see the same machine load; the best round of each counts.
+
+Run alone: ``.venv/bin/python bench/bench_gen.py [--quick] [dcgan_full dcgan_small vae_full
+vae_small]`` (the cases to run; all by default).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_nets import THREADS, _TorchWorker  # noqa: E402
+from common import Row, block  # noqa: E402
+from course_lib import gan, train, vae  # noqa: E402
+
+# notebook 07's CFG (dcgan_batch, features, latent_dim, dcgan_lr) and 08's (batch_size,
+# hidden, latent, lr), small and full scale
+DCGAN_CFGS = {
+    "full": dict(case="dcgan", batch=128, features=32, latent_dim=64, lr=2e-4),
+    "small": dict(case="dcgan", batch=64, features=8, latent_dim=32, lr=1e-3),
+}
+VAE_CFGS = {
+    "full": dict(case="vae", batch=100, hidden=[512, 256], latent=32, lr=1e-3),
+    "small": dict(case="vae", batch=100, hidden=[256], latent=16, lr=2e-3),
+}
+
+
+def _dcgan_state(cfg: dict):
+    """The state, update and data of ``gan.train_dcgan_mnist`` (unconditional)."""
+    rngs = nnx.Rngs(0)
+    g = gan.DCGANGenerator(cfg["latent_dim"], features=cfg["features"], rngs=rngs)
+    d = gan.DCGANDiscriminator(features=cfg["features"], rngs=rngs)
+    state = gan.gan_state(g, d, optax.adam(cfg["lr"], b1=0.5), optax.adam(cfg["lr"], b1=0.5))
+    rng = np.random.default_rng(0)
+    images = rng.uniform(size=(4 * cfg["batch"], 28, 28)).astype(np.float32)
+    return state, gan.gan_update(), (jnp.asarray(2.0 * images[..., None] - 1.0),)
+
+
+def _vae_state(cfg: dict):
+    """The state, update and data of notebook 08's ``fit_vae``."""
+    model = vae.VAE(cfg["latent"], hidden=tuple(cfg["hidden"]), rngs=nnx.Rngs(0))
+    state = {"model": model, "optimizer": nnx.Optimizer(model, optax.adam(cfg["lr"]),
+                                                        wrt=nnx.Param)}
+    rng = np.random.default_rng(0)
+    images = rng.uniform(size=(4 * cfg["batch"], 28, 28)).astype(np.float32)
+    return state, vae.make_vae_update(), (jnp.asarray(images),)
+
+
+def _ours(build, cfg: dict):
+    """(first call seconds, function running k loop steps and returning seconds per step).
+
+    Each step is ``train.loop``'s: gather the batch, ``update(state, batch, fold_in(key, t),
+    t)``, then the jitted finiteness check of the metrics (of metrics and state every
+    ``train._STATE_CHECK_EVERY`` steps)."""
+    state, update, data = build(cfg)
+    _, step_key, _ = train.fit_keys(jax.random.key(0))
+    n, b = data[0].shape[0], cfg["batch"]
+    modules = [m for m in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, nnx.Module))
+               if isinstance(m, nnx.Module) and not isinstance(m, nnx.Optimizer)]
+    for m in modules:
+        m.train()
+    counter = [0]
+
+    def step():
+        t = counter[0]
+        counter[0] += 1
+        idx = np.arange((t * b) % n, (t * b) % n + b)
+        batch = tuple(a[idx] for a in data)
+        metrics = update(state, batch, jax.random.fold_in(step_key, t), t)
+        metrics = {k: jnp.asarray(v) for k, v in metrics.items()}
+        if (t + 1) % train._STATE_CHECK_EVERY == 0:
+            return train._finite((metrics, nnx.state(state)))
+        return train._finite(metrics)
+
+    t0 = time.perf_counter()
+    block(step())
+    first = time.perf_counter() - t0
+
+    def run(k: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(k):
+            out = step()
+        block(out)
+        return (time.perf_counter() - t0) / k
+
+    return first, run
+
+
+def _compare(name: str, cfg: dict, build, quick: bool, note: str, k: int) -> Row:
+    first, ours = _ours(build, cfg)
+    torch_worker = _TorchWorker(cfg)
+    rounds = 3 if quick else 7
+    k = max(2, k // 4) if quick else k
+    try:
+        ours(2)  # warm caches
+        ours_best, peer_best = [], []
+        for _ in range(rounds):  # interleaved: same load for both
+            ours_best.append(ours(k))
+            peer_best.append(torch_worker.time(k))
+    finally:
+        torch_worker.close()
+    steady = min(ours_best)
+    return Row(topic="gen", case=name, ours_s=steady, peer_s=min(peer_best),
+               peer=f"PyTorch {torch_worker.version}", compile_s=first - steady, target=1.2,
+               note=note, repeats=rounds)
+
+
+def run(quick: bool, only: tuple[str, ...] = ("dcgan_full", "dcgan_small", "vae_full",
+                                             "vae_small")) -> list[Row]:
+    rows = []
+    for scale in ("full", "small"):
+        c = DCGAN_CFGS[scale]
+        if f"dcgan_{scale}" not in only:
+            continue
+        rows.append(_compare(
+            f"DCGAN train step, both players (D then G, non-saturating, Adam), notebook 07 "
+            f"{scale}: B={c['batch']}, F={c['features']}, latent {c['latent_dim']}",
+            c, _dcgan_state, quick,
+            f"{THREADS} threads each; NHWC (ours) vs NCHW (torch); torch: fakes under no_grad "
+            "for D, D's parameters frozen for G's backward (ours computes neither)", k=10))
+    for scale in ("full", "small"):
+        c = VAE_CFGS[scale]
+        if f"vae_{scale}" not in only:
+            continue
+        rows.append(_compare(
+            f"VAE train step (binarise, reparameterise, Bernoulli decoder, Adam), notebook 08 "
+            f"{scale}: B={c['batch']}, hidden {tuple(c['hidden'])}, latent {c['latent']}",
+            c, _vae_state, quick, f"{THREADS} threads each", k=40))
+    return rows
+
+
+if __name__ == "__main__":
+    from common import markdown_table
+
+    cases = tuple(a for a in sys.argv[1:] if not a.startswith("--"))
+    print(markdown_table(run(quick="--quick" in sys.argv, **({"only": cases} if cases else {}))))
