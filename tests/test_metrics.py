@@ -258,13 +258,12 @@ def test_ties_and_duplicates_are_exact_in_float32_and_any_block_size():
     real = np.concatenate([half, -half, half[:10]])          # duplicates; mean stays integer-free?
     real = np.concatenate([real, -real]).astype(np.float32)  # symmetric: mean exactly 0
     fake = np.concatenate([rng.integers(-3, 4, size=(60, 3)), real[:15]]).astype(np.float32)
-    for k in (1, 4):
+    for k, block in ((1, 7), (4, 13), (4, len(real))):
         want = brute_force_prdc(real, fake, k)
-        for block in (7, len(real)):
-            pr = metrics.precision_recall(real, fake, k=k, block_size=block)
-            dc = metrics.density_coverage(real, fake, k=k, block_size=block)
-            got = (float(pr.precision), float(pr.recall), float(dc.density), float(dc.coverage))
-            assert got == pytest.approx(want, abs=1e-6), (k, block)
+        pr = metrics.precision_recall(real, fake, k=k, block_size=block)
+        dc = metrics.density_coverage(real, fake, k=k, block_size=block)
+        got = (float(pr.precision), float(pr.recall), float(dc.density), float(dc.coverage))
+        assert got == pytest.approx(want, abs=1e-6), (k, block)
 
 
 def test_nearest_neighbours_match_a_stable_argsort_with_ties():
@@ -432,8 +431,22 @@ def test_bad_input_raises_value_error_naming_the_argument(call, match):
 
 
 # ======================================================================= the feature network
+class TinyClassifier(nnx.Module):
+    """The interface train_feature_net needs (logits and embed), cheap to compile."""
+
+    def __init__(self, rngs, pixels=64):
+        self.hidden = nnx.Linear(pixels, 8, rngs=rngs)
+        self.head = nnx.Linear(8, 10, rngs=rngs)
+
+    def embed(self, x):
+        return nnx.relu(self.hidden(x.reshape(x.shape[0], -1)))
+
+    def __call__(self, x, *, rngs=None):
+        return self.head(self.embed(x))
+
+
 def tiny_net(seed=0):
-    return nets.CNN(in_shape=(8, 8, 1), channels=(4,), hidden=8, rngs=nnx.Rngs(seed))
+    return TinyClassifier(nnx.Rngs(seed))
 
 
 @pytest.fixture(scope="module")
@@ -442,34 +455,64 @@ def digits():
     return split.x_train[:256], split.y_train[:256], split.x_test[:50]
 
 
-def test_feature_net_is_cached_with_a_checksum_and_retrained_when_it_fails(tmp_path, digits):
+@pytest.fixture(scope="module")
+def cached_net(tmp_path_factory, digits):
+    """One training of the tiny net into a cache folder (compiling the CNN's step is the cost)."""
+    images, labels, _ = digits
+    cache = tmp_path_factory.mktemp("feature_net") / "net"
+    kwargs = dict(steps=10, batch_size=32, cache_dir=cache)
+    return metrics.train_feature_net(jax.random.key(0), tiny_net(), images, labels, **kwargs), kwargs
+
+
+def test_feature_net_is_cached_with_a_checksum_and_retrained_when_it_fails(cached_net, digits):
     images, labels, test_images = digits
-    kwargs = dict(steps=10, batch_size=32, cache_dir=tmp_path / "net")
-    first = metrics.train_feature_net(jax.random.key(0), tiny_net(), images, labels, **kwargs)
+    first, kwargs = cached_net
     assert not first.from_cache and len(first.sha256) == 64
     again = metrics.train_feature_net(jax.random.key(0), tiny_net(), images, labels, **kwargs)
     assert again.from_cache and again.sha256 == first.sha256
     np.testing.assert_array_equal(metrics.features(again.model, test_images),
                                   metrics.features(first.model, test_images))
     # a wrong checksum in the record: retrained (deterministically: the same weights)
-    record = tmp_path / "net" / "feature_net.json"
+    record = kwargs["cache_dir"] / "feature_net.json"
     saved = json.loads(record.read_text())
     record.write_text(json.dumps(dict(saved, sha256="0" * 64)))
     redo = metrics.train_feature_net(jax.random.key(0), tiny_net(), images, labels, **kwargs)
     assert not redo.from_cache and redo.sha256 == first.sha256
     assert json.loads(record.read_text())["sha256"] == first.sha256
-    # another recipe (more steps) or another start does not reuse the cache
+    # another start does not reuse the cache (its fingerprint differs), and replaces it
     other = metrics.train_feature_net(jax.random.key(0), tiny_net(1), images, labels, **kwargs)
     assert not other.from_cache and other.sha256 != first.sha256
+    assert json.loads(record.read_text())["sha256"] == other.sha256
 
 
-def test_features_and_class_probs_are_the_nets_own_layers_in_eval_mode(digits):
-    images, labels, test_images = digits
-    net = metrics.train_feature_net(jax.random.key(3), tiny_net(), images, labels, steps=10,
-                                    batch_size=32).model
+def test_features_and_class_probs_are_the_nets_own_layers_in_eval_mode(cached_net, digits):
+    net, test_images = cached_net[0].model, digits[2]
+    before = jax.tree.map(np.asarray, nnx.state(net))
     feats = metrics.features(net, test_images, batch_size=16)     # 50 = 3 x 16 + 2: padded
     np.testing.assert_allclose(feats, net.embed(test_images), rtol=1e-5, atol=1e-6)
     probs = metrics.class_probs(net, test_images, batch_size=7)
     np.testing.assert_allclose(probs, jax.nn.softmax(net(test_images)), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(np.sum(probs, 1), 1.0, rtol=1e-5)
     assert feats.shape == (50, 8) and probs.shape == (50, 10)
+    jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, nnx.state(net)))
+
+
+def test_features_of_notebook_05s_cnn_are_its_penultimate_layer():
+    cnn = nets.CNN(channels=(4, 8), hidden=16, dropout_rate=0.5, rngs=nnx.Rngs(0))  # train mode
+    images = np.random.default_rng(14).uniform(size=(30, 28, 28)).astype(np.float32)
+    np.testing.assert_allclose(metrics.features(cnn, images, batch_size=8), cnn.embed(images),
+                               rtol=1e-5, atol=1e-6)
+    cnn.eval()                                   # class_probs evaluates without dropout
+    np.testing.assert_allclose(metrics.class_probs(cnn, images), jax.nn.softmax(cnn(images)),
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_mnist_feature_net_trains_on_the_named_split_and_reports_its_test_accuracy(tmp_path):
+    net = metrics.mnist_feature_net(jax.random.key(0), TinyClassifier(nnx.Rngs(0), 784), steps=3,
+                                    cache_dir=tmp_path / "mnist")
+    split = data.load_mnist_small()
+    logits = net.model(split.x_test)
+    assert net.test_accuracy == pytest.approx(float(train.accuracy(logits, split.y_test)), abs=1e-6)
+    assert not net.from_cache and (tmp_path / "mnist" / "feature_net.json").exists()
+    with pytest.raises(ValueError, match="dataset must be one of"):
+        metrics.mnist_feature_net(jax.random.key(0), tiny_net(), dataset="cifar10")
