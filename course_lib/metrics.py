@@ -157,28 +157,29 @@ def gaussian_stats(features) -> GaussianStats:
     return _gaussian_stats(_feature_set(features, "features", min_rows=2))
 
 
-def _psd_sqrt(c: Array, rtol: Array) -> tuple[Array, Array]:
+def _psd_sqrt(c: Array, rtol: Array) -> tuple[Array, Array, Array]:
     """Symmetric square root of a PSD matrix by ``eigh``; eigenvalues ``<= rtol * max`` -> 0.
 
-    Also returns the smallest eigenvalue relative to the largest (to refuse indefinite input).
+    Also returns the trace of the floored matrix and the smallest eigenvalue relative to the
+    largest (to refuse indefinite input).
     """
     w, v = jnp.linalg.eigh(0.5 * (c + c.T))
     top = jnp.max(jnp.abs(w))
     safe_top = jnp.where(top > 0, top, 1.0)
     kept = jnp.where(w > rtol * top, w, 0.0)
-    return _dot(v * jnp.sqrt(kept), v.T), jnp.min(w) / safe_top
+    return _dot(v * jnp.sqrt(kept), v.T), jnp.sum(kept), jnp.min(w) / safe_top
 
 
 @jax.jit
 def _frechet(mean1, cov1, mean2, cov2, rtol):
-    s1, low1 = _psd_sqrt(cov1, rtol)
-    s2, low2 = _psd_sqrt(cov2, rtol)
+    s1, trace1, low1 = _psd_sqrt(cov1, rtol)
+    s2, trace2, low2 = _psd_sqrt(cov2, rtol)
     # Tr (cov1 cov2)^(1/2) = Tr (s1 cov2 s1)^(1/2) = nuclear norm of s1 s2 (its singular values):
     # an SVD finds small singular values to ~eps |s1 s2|, where the eigenvalues of s1 cov2 s1
     # (their squares) would lose half the digits.
     trace_sqrt = jnp.sum(jnp.linalg.svd(_dot(s1, s2), compute_uv=False))
     diff = mean1 - mean2
-    value = jnp.sum(diff * diff) + jnp.trace(cov1) + jnp.trace(cov2) - 2.0 * trace_sqrt
+    value = jnp.sum(diff * diff) + trace1 + trace2 - 2.0 * trace_sqrt
     return jnp.maximum(value, 0.0), low1, low2
 
 
@@ -209,8 +210,9 @@ def frechet_distance(mean1, cov1, mean2, cov2, *, eps: float | None = None) -> A
 
     **Singular covariances** (fewer samples than features, dead units, features confined to a
     subspace) are allowed. Regulariser: in each covariance the eigenvalues at or below
-    ``eps * lambda_max`` are set to exactly 0 before the square root (they are rounding noise,
-    possibly negative, whose square roots would otherwise add ``sqrt(noise)`` to the trace).
+    ``eps * lambda_max`` are set to exactly 0 (they are rounding noise, possibly negative,
+    whose square roots would otherwise add ``sqrt(noise)`` to the trace), and the result is
+    the exact Fréchet distance of the Gaussians with those floored covariances.
     ``eps=None`` uses ``D * machine epsilon`` of the dtype, NumPy's ``matrix_rank`` tolerance.
     Unlike adding ``eps * I`` to both covariances (pytorch-fid's fallback), this leaves every
     resolvable eigenvalue untouched: the distance stays finite and equals the Fréchet distance
@@ -331,7 +333,8 @@ def kid(key, features_real, features_fake, *, n_subsets: int = 100,
     expectation is 0 when both sets come from one distribution (single values can be < 0),
     and it does not drift with the sample size the way FID does. ``subset_size`` must be
     ``>= 2`` and at most the size of either set; ``subset_size`` equal to both sizes gives the
-    estimator on the whole sets (the same for every subset).
+    estimator on the whole sets (the same for every subset). The kernel is not scale-free: KID
+    grows with the features' scale (up to its sixth power), so compare KIDs on one network.
     """
     key = _validate.key(key)
     real = _feature_set(features_real, "features_real", min_rows=2)

@@ -108,6 +108,23 @@ def test_singular_covariances_give_the_finite_exact_distance(dtype_x64, rel):
     assert abs(same) <= rel * a.sum()
 
 
+def test_eps_floors_eigenvalues_relative_to_the_largest_as_documented(x64):
+    """eps=1e-2: eigenvalues <= 1e-2 * max become 0 in each covariance (closed form with them
+    zeroed); eps=0 keeps every positive eigenvalue (the exact closed form)."""
+    rng = np.random.default_rng(15)
+    d = 8
+    q = random_rotation(rng, d)
+    a = np.array([4.0, 2.0, 1.0, 0.5, 0.03, 0.02, 1e-3, 0.0])
+    b = np.array([1.0, 3.0, 0.2, 0.01, 0.5, 0.0, 0.3, 2e-3])
+    m = np.zeros(d)
+    c1, c2 = (q * a) @ q.T, (q * b) @ q.T
+    floored = lambda v: np.where(v > 1e-2 * v.max(), v, 0.0)  # noqa: E731
+    got = float(metrics.frechet_distance(m, c1, m, c2, eps=1e-2))
+    assert got == pytest.approx(closed_form_fd(m, floored(a), m, floored(b)), rel=1e-9)
+    assert float(metrics.frechet_distance(m, c1, m, c2, eps=0.0)) == pytest.approx(
+        closed_form_fd(m, a, m, b), rel=1e-7)       # no floor: sqrt(rounding noise) remains
+
+
 def test_fid_with_fewer_samples_than_features_equals_fid_in_the_spanned_subspace(x64):
     """Features confined to a 6-D subspace of R^32, 30 samples each (covariances of rank <= 6):
     the distance equals scipy's on the 6-D coordinates (rotation and zero padding change nothing)."""
