@@ -779,8 +779,8 @@ def make_eval_fn(tokens):
 
 
 # =============================================================================== sampling
-def _filter(logits: Array, temperature: float, top_k, top_p) -> Array:
-    if temperature == 0.0:        # greedy: only the first maximum survives
+def _filter(logits: Array, temperature, top_k, top_p) -> Array:
+    if isinstance(temperature, float) and temperature == 0.0:        # greedy: only the first maximum survives
         best = jnp.argmax(logits, axis=-1)
         return jnp.where(jnp.arange(logits.shape[-1]) == best[..., None], 0.0, -jnp.inf)
     z = logits / temperature
@@ -836,8 +836,10 @@ def filter_logits(logits, *, temperature: float = 1.0, top_k: int | None = None,
     return _filter(logits, temperature, top_k, top_p)
 
 
-def _sample(key, logits, temperature, top_k, top_p):
-    if temperature == 0.0:
+def _sample(key, logits, greedy: bool, temperature, top_k, top_p):
+    """One draw; ``greedy`` (static) is the argmax, else ``temperature`` may be traced (so
+    generation compiles once for all temperatures)."""
+    if greedy:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     z = _filter(logits, temperature, top_k, top_p)
     return jax.random.categorical(key, z, axis=-1).astype(jnp.int32)
@@ -851,7 +853,8 @@ def sample_token(key, logits, *, temperature: float = 1.0, top_k: int | None = N
     logits = _validate.real_array(logits, "logits", finite=False)
     if logits.ndim < 1 or logits.shape[-1] < 1:
         raise ValueError(f"logits must be (..., V), got shape {tuple(logits.shape)}")
-    return _sample(key, logits, *_sampling_options(temperature, top_k, top_p))
+    temperature, top_k, top_p = _sampling_options(temperature, top_k, top_p)
+    return _sample(key, logits, temperature == 0.0, temperature, top_k, top_p)
 
 
 def _check_generation(params, prompt_ids, length, temperature, top_k, top_p, key):
@@ -881,11 +884,12 @@ def generate(key, params: Params, prompt_ids, length: int, *, temperature: float
     """
     key, params, prompt_ids, length, temperature, top_k, top_p = _check_generation(
         params, prompt_ids, length, temperature, top_k, top_p, key)
-    return _generate_naive(key, params, prompt_ids, length, temperature, top_k, top_p)
+    return _generate_naive(key, params, prompt_ids, length, temperature == 0.0,
+                           jnp.float32(temperature or 1.0), top_k, top_p)
 
 
-@partial(jax.jit, static_argnums=(3, 4, 5, 6))
-def _generate_naive(key, params, prompt_ids, length, temperature, top_k, top_p):
+@partial(jax.jit, static_argnums=(3, 4, 6, 7))
+def _generate_naive(key, params, prompt_ids, length, greedy, temperature, top_k, top_p):
     T = params.config.block_size
     T0 = prompt_ids.shape[0]
     total = T0 + length
@@ -897,7 +901,7 @@ def _generate_naive(key, params, prompt_ids, length, temperature, top_k, top_p):
         window = jax.lax.dynamic_slice_in_dim(buf, start, T)
         z = _logits(params, window[None])[0]                     # (T, V)
         last = jax.lax.dynamic_index_in_dim(z, t - 1 - start, keepdims=False)
-        token = _sample(jax.random.fold_in(key, t), last, temperature, top_k, top_p)
+        token = _sample(jax.random.fold_in(key, t), last, greedy, temperature, top_k, top_p)
         return buf.at[t].set(token)
 
     return jax.lax.fori_loop(T0, total, body, buf)[:total]
@@ -915,9 +919,10 @@ def generate_cached(key, params: Params, prompt_ids, length: int, *, temperature
     ``O(T^2)``.
 
     No sliding window: ``T0 + length <= block_size`` (positions beyond the context would
-    need the cache re-computed from a shifted window). Compiled once per model and sampling
-    options: the prompt is padded to ``block_size`` and the loop runs over a fixed-size cache
-    (``lax.fori_loop``), so prompt length and ``length`` do not recompile it.
+    need the cache re-computed from a shifted window). Compiled once per model, ``top_k``,
+    ``top_p`` and greedy-or-not: the prompt is padded to ``block_size``, the loop runs over
+    a fixed-size cache (``lax.fori_loop``), and the temperature is traced, so prompt length,
+    ``length`` and ``temperature`` do not recompile it.
     """
     key, params, prompt_ids, length, temperature, top_k, top_p = _check_generation(
         params, prompt_ids, length, temperature, top_k, top_p, key)
@@ -928,12 +933,12 @@ def generate_cached(key, params: Params, prompt_ids, length: int, *, temperature
                          f"KV cache (no sliding window), got {length}")
     padded = jnp.zeros((T,), jnp.int32).at[:T0].set(prompt_ids)
     out = _generate_kv(key, params, padded, jnp.int32(T0), jnp.int32(T0 + length),
-                       temperature, top_k, top_p)
+                       temperature == 0.0, jnp.float32(temperature or 1.0), top_k, top_p)
     return out[:T0 + length]
 
 
-@partial(jax.jit, static_argnums=(5, 6, 7))
-def _generate_kv(key, params, padded, T0, total, temperature, top_k, top_p):
+@partial(jax.jit, static_argnums=(5, 7, 8))
+def _generate_kv(key, params, padded, T0, total, greedy, temperature, top_k, top_p):
     c = params.config
     T, H = c.block_size, c.n_head
     # prefill: the whole padded context once; keep every layer's keys and values
@@ -955,7 +960,7 @@ def _generate_kv(key, params, padded, T0, total, temperature, top_k, top_p):
 
     def body(t, carry):
         buf, last, (kc, vc) = carry
-        token = _sample(jax.random.fold_in(key, t), last, temperature, top_k, top_p)
+        token = _sample(jax.random.fold_in(key, t), last, greedy, temperature, top_k, top_p)
         buf = buf.at[t].set(token)
         x = _embed(params, token[None, None], offset=t)           # (1, 1, W)
         allowed = (jnp.arange(T) <= t)[None, :]                   # (1 query, T keys)

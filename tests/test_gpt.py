@@ -356,7 +356,7 @@ def test_kv_cache_compiles_once(tiny):
     gpt.generate_cached(jax.random.key(0), tiny, [1, 2], 3)
     before = gpt._generate_kv._cache_size()
     gpt.generate_cached(jax.random.key(1), tiny, [1, 2, 3], 5)
-    gpt.generate_cached(jax.random.key(2), tiny, [4], 1)
+    gpt.generate_cached(jax.random.key(2), tiny, [4], 1, temperature=0.5)
     assert gpt._generate_kv._cache_size() == before
 
 
