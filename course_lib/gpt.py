@@ -671,7 +671,23 @@ def make_train_step(tx: optax.GradientTransformation):
     """
     if not isinstance(tx, optax.GradientTransformation):
         raise ValueError(f"tx must be an optax transformation, got {type(tx).__name__}")
-    return jax.jit(partial(_step, tx), donate_argnums=(0, 1))
+    return partial(_step_jit, tx)
+
+
+# compiled once per optimizer object and shapes (tx is static: hashed by identity)
+_step_jit = jax.jit(_step, static_argnums=0, donate_argnums=(1, 2))
+
+
+@partial(jax.jit, static_argnums=0, donate_argnums=(1, 2))
+def _window_step(tx, params, opt_state, tokens, starts):
+    x, y = _windows(tokens, starts, params.config.block_size)
+    return _step(tx, params, opt_state, x, y)
+
+
+@jax.jit
+def _window_loss(params, tokens, starts):
+    x, y = _windows(tokens, starts, params.config.block_size)
+    return _loss(params, x, y)
 
 
 def _windows(tokens: Array, starts: Array, block_size: int):
@@ -740,12 +756,8 @@ def make_update(tx: optax.GradientTransformation, tokens):
     """
     tokens = _validate.ids(tokens, "tokens", np.iinfo(np.int32).max, ndim=1, what="tokens")
     tokens = tokens.astype(jnp.int32)
-
-    @partial(jax.jit, donate_argnums=(0, 1))
-    def step(params, opt_state, tokens, starts):
-        x, y = _windows(tokens, starts, params.config.block_size)
-        return _step(tx, params, opt_state, x, y)
-
+    if not isinstance(tx, optax.GradientTransformation):
+        raise ValueError(f"tx must be an optax transformation, got {type(tx).__name__}")
     largest = int(jnp.max(tokens))
 
     def update(state, batch, key, t):
@@ -753,7 +765,7 @@ def make_update(tx: optax.GradientTransformation, tokens):
         if largest >= params.config.vocab_size:
             raise ValueError(f"tokens must lie in [0, {params.config.vocab_size}) (the model's "
                              f"vocabulary), got {largest}")
-        p, o, value = step(params, state.opt_state.get_value(), tokens, batch[0])
+        p, o, value = _window_step(tx, params, state.opt_state.get_value(), tokens, batch[0])
         state.params.set_value(p)
         state.opt_state.set_value(o)
         return {"loss": value}
@@ -767,13 +779,8 @@ def make_eval_fn(tokens):
     tokens = _validate.ids(tokens, "tokens", np.iinfo(np.int32).max, ndim=1, what="tokens")
     tokens = tokens.astype(jnp.int32)
 
-    @jax.jit
-    def evaluate(params, tokens, starts):
-        x, y = _windows(tokens, starts, params.config.block_size)
-        return _loss(params, x, y)
-
     def eval_fn(state, batch, key):
-        return {"loss": evaluate(state.params.get_value(), tokens, batch[0])}
+        return {"loss": _window_loss(state.params.get_value(), tokens, batch[0])}
 
     return eval_fn
 

@@ -154,7 +154,7 @@ def test_forward_matches_numpy_reference(positions):
     assert float(gpt.loss(params, tokens, targets)) == pytest.approx(nll, rel=1e-5)
 
 
-@settings(max_examples=15)
+@settings(max_examples=10)
 @given(st.data())
 def test_logits_are_causal(data):
     params = _random_params(jax.random.key(6), TINY)
@@ -222,22 +222,22 @@ def test_loop_trains_checkpoints_and_resumes_exactly(tmp_path):
     chars = sorted(set(text))
     ids = np.array([chars.index(c) for c in text], np.int32)
     config = gpt.Config(len(chars), 16, 1, 2, 16)
-    tx = gpt.make_optimizer(learning_rate=1e-2, steps=40, warmup_steps=5)
+    tx = gpt.make_optimizer(learning_rate=1e-2, steps=30, warmup_steps=3)
     data = (gpt.window_starts(ids, 16),)
 
     def run(steps, ckpt, resume=False, state=None):
         state = state or gpt.train_state(gpt.init(jax.random.key(0), config), tx)
         result = train.loop(state, gpt.make_update(tx, ids), data, steps=steps, batch_size=8,
                             key=jax.random.key(1), eval_fn=gpt.make_eval_fn(ids),
-                            eval_data=(data[0][:32],), eval_every=20, checkpoint_dir=ckpt,
-                            checkpoint_every=20, resume=resume, progress=False)
+                            eval_data=(data[0][:32],), eval_every=15, checkpoint_dir=ckpt,
+                            checkpoint_every=15, resume=resume, progress=False)
         return state, result
 
-    full, result = run(40, tmp_path / "a")
+    full, result = run(30, tmp_path / "a")
     assert result.history["train_loss"][-1] < result.history["train_loss"][0] - 0.3
     assert result.history["eval_loss"][-1] < math.log(len(chars)) - 0.5
-    half, _ = run(20, tmp_path / "b")
-    resumed, _ = run(40, tmp_path / "b", resume=True,
+    half, _ = run(15, tmp_path / "b")
+    resumed, _ = run(30, tmp_path / "b", resume=True,
                      state=gpt.train_state(gpt.init(jax.random.key(9), config), tx))
     for a, b in zip(jax.tree.leaves(full.params.get_value()),
                     jax.tree.leaves(resumed.params.get_value())):
@@ -290,7 +290,7 @@ def _brute_nucleus(p, top_p):
     return set(order)
 
 
-@settings(max_examples=30)
+@settings(max_examples=20)
 @given(st.lists(st.floats(-3, 3), min_size=2, max_size=8),
        st.floats(0.05, 0.999), st.floats(0.3, 3.0), st.integers(1, 8))
 def test_filters_match_brute_force(logits, top_p, temperature, top_k):
@@ -344,7 +344,7 @@ def test_sample_frequencies_match_the_filtered_distribution():
 def test_kv_cache_generates_the_same_tokens_as_naive(options):
     config = gpt.Config(vocab_size=11, block_size=12, n_layer=2, n_head=2, width=8)
     params = _random_params(jax.random.key(14), config, scale=0.5)
-    for prompt, length in (([3], 11), ([1, 4, 1, 5], 8), ([2, 7, 1], 3)):
+    for prompt, length in (([3], 11), ([1, 4, 1, 5], 8)):
         naive = gpt.generate(jax.random.key(15), params, prompt, length, **options)
         cached = gpt.generate_cached(jax.random.key(15), params, prompt, length, **options)
         assert naive.shape == (len(prompt) + length,)
@@ -416,7 +416,7 @@ def test_bpe_ties_and_overlaps():
     assert gpt.bpe_pieces(bpe) == ["a", "aa"]
 
 
-@settings(max_examples=40)
+@settings(max_examples=25)
 @given(st.text(min_size=1, max_size=60), st.integers(0, 30))
 def test_bpe_round_trip(text, extra):
     bpe = gpt.train_bpe(text, len(set(text)) + extra)
@@ -445,7 +445,7 @@ _DP_SCRIPT = textwrap.dedent("""
     layout = gpt.describe_layout(mesh, p8, xs)
     many = gpt.make_data_parallel_step(tx, mesh)
     losses = []
-    for _ in range(3):
+    for _ in range(2):
         p1, s1, l1 = one(p1, s1, x, y)
         p8, s8, l8 = many(p8, s8, xs, ys)
         losses.append((float(l1), float(l8)))
