@@ -22,7 +22,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from common import markdown_table, summary  # noqa: E402
 
-TOPICS = ["gmm", "hmm", "ar", "nets", "gen", "gpt"]
+TOPICS = ["gmm", "hmm", "ar", "nets", "gen", "gpt", "metrics"]
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
