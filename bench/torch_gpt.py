@@ -19,6 +19,7 @@ Protocol, one JSON object per line on stdin/stdout:
   <- {"seconds_per_step": s}
   -> {"quit": true}
 """
+import ctypes
 import json
 import math
 import sys
@@ -174,6 +175,11 @@ def build(cfg):
 
 
 def main():
+    # the same allocator policy as course_lib.gpt._retain_freed_memory (fair to both sides)
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 30)
+        libc.mallopt(-1, 1 << 30)
     step = None
     for line in sys.stdin:
         msg = json.loads(line)
