@@ -36,6 +36,22 @@ prdc / clean-fid are thin NumPy files; each is re-implemented in NumPy/SciPy, no
 Repeats: 3 at D = 64; at D = 2048 one timed call per side (a SciPy ``sqrtm`` of a 2048 x 2048
 product takes minutes on 2 busy cores), after the value-check calls.
 
+What was tried (2 shared cores, load 5-8; same-run timings):
+* FID, D = 2048: the trace of the square root was the sum of the singular values of
+  ``s1 s2`` (float32 SVD, ~30 s of a ~85 s call under load; eigh ~13 s). Now the singular
+  values of ``g = f1^T f2`` come as ``|g^T u_i|`` from one ``eigh`` of ``g g^T``: ~85 ->
+  ~62-76 s under load, 28 s in the table's run; floors and API unchanged, error against the
+  closed form 1.2e-6 (was 3.8e-7) on a singular D = 64 case, 7e-7 (was 2.3e-6) on a full-rank
+  D = 2048 one. Tried and dropped: a QDWH polar factor (3x slower at D = 512).
+  Not gained: SciPy 1.17's ``sqrtm`` of the product takes ~29 s, not the ~97 s measured
+  before, so the ratio is ~1x; three ``eigh`` of 2048 x 2048 in float32 are the floor of
+  this formulation. At D = 64 our ~10 ms are two (10^4, 64) covariance products through
+  XLA:CPU (~3 ms each, no faster with ``dot_general`` on the rows) and dispatch.
+* FID values: float32 statistics against pytorch-fid's float64 ``np.cov`` differ by ~4e-4
+  relative (the traces cancel: FID 3.2 from traces of ~64), within the stated 1e-3.
+* KID: both sides do the same 300 (1000 x 1000 x D) products; at D = 2048 these are BLAS
+  bound on both sides (~1x). Not tried: symmetric halves of k(x, x), k(y, y) (at most 1.5x).
+
     python bench/bench_metrics.py [--quick]     # quick: N = M = 2000, D = 64 and 256
 """
 from __future__ import annotations
