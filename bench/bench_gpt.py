@@ -60,7 +60,7 @@ def matmul_peak_gflops(n: int = 2048) -> float:
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     f = jax.jit(lambda a: a @ a)
     block(f(a))
-    return 2 * n**3 / best_time(lambda: f(a), repeats=5) / 1e9
+    return 2 * n**3 / best_time(lambda: f(a), repeats=10) / 1e9
 
 
 def step_flops(c: gpt.Config, batch: int) -> float:
