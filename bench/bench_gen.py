@@ -59,8 +59,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_nets import THREADS, _TorchWorker  # noqa: E402
-from common import Row, block  # noqa: E402
+from bench_nets import THREADS  # noqa: E402
+from common import Row, TorchWorker, alternate_rounds, block  # noqa: E402
 from course_lib import gan, train, vae  # noqa: E402
 
 # notebook 07's CFG (dcgan_batch, features, latent_dim, dcgan_lr) and 08's (batch_size,
@@ -138,19 +138,14 @@ def _ours(build, cfg: dict):
 
 def _compare(name: str, cfg: dict, build, quick: bool, note: str, k: int) -> Row:
     first, ours = _ours(build, cfg)
-    torch_worker = _TorchWorker(cfg)
+    torch_worker = TorchWorker("torch_models.py", cfg, THREADS)
     rounds = 3 if quick else 7
     k = max(2, k // 4) if quick else k
     try:
-        ours(2)  # warm caches
-        ours_best, peer_best = [], []
-        for _ in range(rounds):  # interleaved: same load for both
-            ours_best.append(ours(k))
-            peer_best.append(torch_worker.time(k))
+        steady, peer_s = alternate_rounds(ours, torch_worker.time, rounds=rounds, k=k)
     finally:
         torch_worker.close()
-    steady = min(ours_best)
-    return Row(topic="gen", case=name, ours_s=steady, peer_s=min(peer_best),
+    return Row(topic="gen", case=name, ours_s=steady, peer_s=peer_s,
                peer=f"PyTorch {torch_worker.version}", compile_s=first - steady, target=1.2,
                note=note, repeats=rounds)
 

@@ -32,9 +32,7 @@ What was tried (see bench/README.md, "GPT"): the notes below are this file's rec
 """
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,10 +46,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import Row, best_time, block  # noqa: E402
+from common import Row, TorchWorker, alternate_rounds, best_time, block  # noqa: E402
 from course_lib import gpt  # noqa: E402
 
-TORCH_PY = ROOT / ".venv-torch" / "bin" / "python"
 THREADS = len(os.sched_getaffinity(0))
 VOCAB = 65                      # Shakespeare's characters
 
@@ -67,38 +64,6 @@ def step_flops(c: gpt.Config, batch: int) -> float:
     """``6 B T (12 L W^2 + V W) + 12 L B T^2 W`` (see the module docstring)."""
     B, T, L, W, V = batch, c.block_size, c.n_layer, c.width, c.vocab_size
     return 6 * B * T * (12 * L * W * W + V * W) + 12 * L * B * T * T * W
-
-
-class _Worker:
-    """bench/torch_gpt.py in .venv-torch, one JSON line per message."""
-
-    def __init__(self, cfg: dict):
-        if not TORCH_PY.exists():
-            raise RuntimeError("PyTorch venv missing: run `make .venv-torch/.installed`")
-        env = dict(os.environ, OMP_NUM_THREADS=str(THREADS))
-        self.proc = subprocess.Popen([str(TORCH_PY), str(ROOT / "bench" / "torch_gpt.py")],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     env=env)
-        self.ready = self._ask(dict(cfg, threads=THREADS))
-        self.version = self.ready["torch"]
-
-    def _ask(self, msg: dict) -> dict:
-        self.proc.stdin.write(json.dumps(msg) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("PyTorch worker died (see its stderr above)")
-        return json.loads(line)
-
-    def time(self, k: int) -> float:
-        return self._ask({"time": k})["seconds_per_step"]
-
-    def close(self) -> None:
-        try:
-            self._ask({"quit": True})
-        except (RuntimeError, BrokenPipeError, json.JSONDecodeError):
-            pass
-        self.proc.wait(timeout=30)
 
 
 def _torch_cfg(c: gpt.Config, **extra) -> dict:
@@ -149,22 +114,12 @@ def ours_train(c: gpt.Config, batch: int):
     return first, run
 
 
-def _alternate(ours, worker: _Worker, rounds: int, k: int) -> tuple[float, float]:
-    ours(1)           # warm caches
-    worker.time(1)
-    best = [float("inf")] * 2
-    for _ in range(rounds):        # interleaved rounds: the same load for both
-        best[0] = min(best[0], ours(k))
-        best[1] = min(best[1], worker.time(k))
-    return best[0], best[1]
-
-
 def train_row(name: str, c: gpt.Config, batch: int, peak: float, rounds: int, k: int,
               target: float | None) -> Row:
     first, ours = ours_train(c, batch)
-    worker = _Worker(_torch_cfg(c, case="train", batch=batch))
+    worker = TorchWorker("torch_gpt.py", _torch_cfg(c, case="train", batch=batch), THREADS)
     try:
-        ours_s, peer_s = _alternate(ours, worker, rounds, k)
+        ours_s, peer_s = alternate_rounds(ours, worker.time, rounds=rounds, k=k, warm=1)
     finally:
         worker.close()
     tokens = batch * c.block_size
@@ -196,8 +151,8 @@ def generation_rows(c: gpt.Config, prompt_len: int, length: int, rounds: int) ->
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "gpt.npz")
         _save_weights(params, path)
-        worker = _Worker(_torch_cfg(c, case="generate", weights=path,
-                                    prompt=[int(i) for i in prompt], length=length))
+        worker = TorchWorker("torch_gpt.py", _torch_cfg(c, case="generate", weights=path,
+                             prompt=[int(i) for i in prompt], length=length), THREADS)
     torch_tokens = np.asarray(worker.ready["tokens"])
     try:
         best = [float("inf")] * 3

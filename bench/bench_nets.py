@@ -22,9 +22,7 @@ What was tried (2-core CPU, jax 0.10.2 vs torch 2.13.0), steady-state ms per ste
 """
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,10 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import Row, block  # noqa: E402
+from common import Row, TorchWorker, alternate_rounds, block  # noqa: E402
 from course_lib import nets, train  # noqa: E402
 
-TORCH_PY = ROOT / ".venv-torch" / "bin" / "python"
 THREADS = len(os.sched_getaffinity(0))
 
 CNN_CFG = dict(case="cnn", batch=128, in_shape=[28, 28, 1], channels=[16, 32], hidden=128,
@@ -101,49 +98,15 @@ def _ours(build, batch: int):
     return first, run
 
 
-class _TorchWorker:
-    def __init__(self, cfg: dict):
-        if not TORCH_PY.exists():
-            raise RuntimeError("PyTorch venv missing: run `make .venv-torch/.installed`")
-        env = dict(os.environ, OMP_NUM_THREADS=str(THREADS))
-        self.proc = subprocess.Popen([str(TORCH_PY), str(ROOT / "bench" / "torch_models.py")],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     env=env)
-        self.version = self._ask(dict(cfg, threads=THREADS))["torch"]
-
-    def _ask(self, msg: dict) -> dict:
-        self.proc.stdin.write(json.dumps(msg) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("PyTorch worker died (see its stderr above)")
-        return json.loads(line)
-
-    def time(self, k: int) -> float:
-        return self._ask({"time": k})["seconds_per_step"]
-
-    def close(self) -> None:
-        try:
-            self._ask({"quit": True})
-        except (RuntimeError, BrokenPipeError, json.JSONDecodeError):
-            pass
-        self.proc.wait(timeout=30)
-
-
 def _compare(name: str, cfg: dict, build, quick: bool, note: str) -> Row:
     first, ours = _ours(build, cfg["batch"])
-    torch_worker = _TorchWorker(cfg)
+    torch_worker = TorchWorker("torch_models.py", cfg, THREADS)
     rounds, k = (3, 5) if quick else (7, 20)
     try:
-        ours(2)  # warm caches
-        ours_best, peer_best = [], []
-        for _ in range(rounds):  # interleaved: same load for both
-            ours_best.append(ours(k))
-            peer_best.append(torch_worker.time(k))
+        steady, peer_s = alternate_rounds(ours, torch_worker.time, rounds=rounds, k=k)
     finally:
         torch_worker.close()
-    steady = min(ours_best)
-    return Row(topic="nets", case=name, ours_s=steady, peer_s=min(peer_best),
+    return Row(topic="nets", case=name, ours_s=steady, peer_s=peer_s,
                peer=f"PyTorch {torch_worker.version}", compile_s=first - steady, target=1.0,
                note=note, repeats=rounds)
 

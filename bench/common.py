@@ -6,8 +6,12 @@ runs them all in one process (same machine, same load) and writes ``bench/README
 from __future__ import annotations
 
 import gc
+import json
+import os
+import subprocess
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import jax
@@ -112,3 +116,60 @@ def summary(rows: Sequence[Row]) -> str:
             out.append(f"- {title} ({len(chosen)} of {len(targeted)}): " + "; ".join(
                 f"{r.topic} {r.case} {r.ratio:.2f}x (target {r.target:g}x)" for r in chosen) + ".")
     return "\n".join(out)
+
+
+TORCH_PY = Path(__file__).resolve().parents[1] / ".venv-torch" / "bin" / "python"
+
+
+class TorchWorker:
+    """A PyTorch twin running as a worker under ``.venv-torch`` (PyTorch lives in its own
+    venv), one JSON object per line each way: the first message (``cfg`` plus ``threads``)
+    builds and warms the model and is answered by ``ready`` (with ``"torch"``, the version);
+    ``{"time": k}`` runs k steps and answers ``seconds_per_step``; ``{"quit": true}`` ends it.
+    The worker's OpenMP threads are ours: ``threads``."""
+
+    def __init__(self, script: str, cfg: dict, threads: int):
+        if not TORCH_PY.exists():
+            raise RuntimeError("PyTorch venv missing: run `make .venv-torch/.installed`")
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        self.proc = subprocess.Popen([str(TORCH_PY), str(Path(__file__).parent / script)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     env=env)
+        self.ready = self._ask(dict(cfg, threads=threads))
+        self.version = self.ready["torch"]
+
+    def _ask(self, msg: dict) -> dict:
+        self.proc.stdin.write(json.dumps(msg) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("PyTorch worker died (see its stderr above)")
+        return json.loads(line)
+
+    def time(self, k: int) -> float:
+        """Seconds per step over ``k`` steps."""
+        return self._ask({"time": k})["seconds_per_step"]
+
+    def close(self) -> None:
+        try:
+            self._ask({"quit": True})
+        except (RuntimeError, BrokenPipeError, json.JSONDecodeError):
+            pass
+        self.proc.wait(timeout=30)
+
+
+def alternate_rounds(ours: Callable[[int], float], peer: Callable[[int], float], *,
+                     rounds: int, k: int, warm: int = 2) -> tuple[float, float]:
+    """Best seconds per step of ``ours(k)`` and ``peer(k)`` (each runs k steps and returns
+    seconds per step) over ``rounds`` rounds, the two alternated round by round so that both
+    see the same machine load; each side is warmed first (``warm`` steps of ours, one of the
+    peer's)."""
+    if rounds < 1 or k < 1:
+        raise ValueError(f"rounds and k must be >= 1, got {rounds}, {k}")
+    ours(warm)
+    peer(1)
+    best = [float("inf"), float("inf")]
+    for _ in range(rounds):
+        best[0] = min(best[0], ours(k))
+        best[1] = min(best[1], peer(k))
+    return best[0], best[1]
