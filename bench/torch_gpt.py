@@ -20,15 +20,15 @@ Protocol, one JSON object per line on stdin/stdout:
   -> {"quit": true}
 """
 import ctypes
-import json
 import math
 import sys
-import time
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from torch_models import serve
 
 
 class Block(nn.Module):
@@ -180,29 +180,15 @@ def main():
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 1 << 30)
         libc.mallopt(-1, 1 << 30)
-    step = None
-    for line in sys.stdin:
-        msg = json.loads(line)
-        if "case" in msg:
-            torch.set_num_threads(msg["threads"])
-            torch.set_num_interop_threads(1)
-            model, step = build(msg)
-            for _ in range(2):
-                value = step()
-            reply = {"ready": True, "torch": torch.__version__,
-                     "params": sum(p.numel() for p in model.parameters())}
-            if msg["case"] == "generate":
-                reply["tokens"] = value
-        elif "time" in msg:
-            t0 = time.perf_counter()
-            for _ in range(msg["time"]):
-                value = step()
-            if torch.is_tensor(value):
-                value.detach().item()  # wait for the last step
-            reply = {"seconds_per_step": (time.perf_counter() - t0) / msg["time"]}
-        else:
-            break
-        print(json.dumps(reply), flush=True)
+
+    def build_and_ready(msg):
+        model, step = build(msg)
+        params = sum(p.numel() for p in model.parameters())
+        extra = (lambda value: {"params": params, "tokens": value}) if msg["case"] == "generate" \
+            else (lambda value: {"params": params})
+        return step, extra
+
+    serve(build_and_ready, warmup=2)
 
 
 if __name__ == "__main__":

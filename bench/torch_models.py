@@ -218,26 +218,34 @@ def build(cfg):
     return step
 
 
-def main():
+def serve(build, *, warmup: int = 3) -> None:
+    """The worker loop of the protocol above, for any twin: ``build(msg)`` returns
+    ``(step, ready)``, a zero-argument training (or generation) step and a function of the
+    last warm-up step's value giving extra fields of the ``ready`` reply."""
     step = None
     for line in sys.stdin:
         msg = json.loads(line)
         if "case" in msg:
             torch.set_num_threads(msg["threads"])
             torch.set_num_interop_threads(1)
-            step = build(msg)
-            for _ in range(3):
-                step()
-            reply = {"ready": True, "torch": torch.__version__}
+            step, ready = build(msg)
+            for _ in range(warmup):
+                value = step()
+            reply = {"ready": True, "torch": torch.__version__, **ready(value)}
         elif "time" in msg:
             t0 = time.perf_counter()
             for _ in range(msg["time"]):
                 value = step()
-            value.detach().item()  # wait for the last step
+            if torch.is_tensor(value):
+                value.detach().item()  # wait for the last step
             reply = {"seconds_per_step": (time.perf_counter() - t0) / msg["time"]}
         else:
             break
         print(json.dumps(reply), flush=True)
+
+
+def main():
+    serve(lambda msg: (build(msg), lambda value: {}))
 
 
 if __name__ == "__main__":
