@@ -162,17 +162,17 @@ RUNS = [
         },
         label="mnist_small"),
     Run("09_gpt",
-        {"bpe_chars": 200_000, "steps": 4, "warmup": 1, "batch_size": 8, "eval_every": 2,
-         "eval_windows": 16, "pos_steps": 3, "resume_steps": 2, "ft_steps": 10, "ft_eval_every": 5,
+        {"steps": 2, "warmup": 1, "batch_size": 4, "eval_every": 1,
+         "eval_windows": 8, "pos_steps": 3, "resume_steps": 1, "ft_steps": 10, "ft_eval_every": 5,
          "sample_len": 20, "kv_len": 20},
         may_fail={
-            # 4 steps at width 384: not yet below the bigram, nor under the full-scale bar ...
+            # 2 steps at width 384: not yet below the bigram, nor under the full-scale bar ...
             "e383e21d": r"assert gpt_nats < bigram_nats - 0\.3 and val_bpc < CFG\.max_val_bpc",
             # ... nor near the LSTM (which need not beat the bigram either)
             "9ffca35c": r"assert max\(gpt_nats, lstm_nats\) < bigram_nats and close",
             # 3 steps: neither position table has been learned yet
             "a5cf6009": r"assert all\(claims\.values\(\)\)",
-            # 4 steps: the first block's attention is still nearly uniform
+            # 2 steps: the first block's attention is still nearly uniform
             "9108f400": r"assert all\(claims\.values\(\)\)",
             # 10 steps of fine-tuning: no clear gap to training from scratch yet
             "59d050e6": r"assert ft_val\[\"pretrained\"\] < zero_shot and gain > 0\.2",
