@@ -31,7 +31,11 @@ def machine() -> str:
 
     load = ", load average %.1f at the start (other work running: ratios are same-run, but "
     load = (load % os.getloadavg()[0] + "absolute times are inflated)") if os.getloadavg()[0] > 1.5 else ""
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+    usable = len(os.sched_getaffinity(0))
+    cores = (f"{os.cpu_count()} cores" if usable == os.cpu_count() else
+             f"{os.cpu_count()} cores of which {usable} usable (pinned with taskset: every "
+             f"library, ours and the peers, ran on {usable} thread{'s' if usable > 1 else ''})")
+    return (f"{platform.processor() or platform.machine()}, {cores}, "
             f"Python {platform.python_version()}, jax {jax.__version__}, backend {jax.default_backend()}"
             f"{load}")
 
