@@ -181,11 +181,29 @@ RUNS = [
         {"steps": 20},
         banner=(FALLBACK_LINE, r"scale=small \(fallback: mnist unavailable\)"),
         empty_data_dir=True, stop_after="302619bf", label="offline"),
+    Run("10_evaluation",
+        {"dataset": "mnist_small", "feature_steps": 20, "vae_steps": 20, "iwae_k": 10,
+         "cvae_steps": 20, "dcgan_steps": 20, "wgan_steps": 5, "wgan_batch": 40,
+         "n_chars": 200_000, "val_chars": 5_000, "lm_steps": 5, "lm_batch": 8, "n_eval": 500,
+         "bias_sizes": [50, 100], "bias_repeats": 1, "kid_subsets": 5, "ring_steps": 20,
+         "ring_samples": 2000, "ring_eval": 1000, "ppl_n": 256},
+        may_fail={
+            # 5 steps: neither network beats the trigram yet
+            "a3eeb4ad": r"assert (bpc\[|max\(bpc)",
+            # 20 steps: the feature network is not yet at its accuracy bar
+            "4a3a27cd": r"assert fnet\.test_accuracy >= CFG\.min_feature_accuracy",
+            # untrained features and generators: the bias claims, the ring GANs' coverage and
+            # the leaderboard's margins do not hold yet
+            "262cb235": r"assert (fid_at|abs\(k_small|all\(abs\(kid_at|floor <)",
+            "3a1ef147": r"assert (modes2|pr2|pr256|dc2)",
+            "d106956a": r"assert (real_row|all\(cvae_row|cvae_row)",
+        },
+        label="mnist_small"),
 ]
 
 
 # Relative cost of each notebook's run, to start the longest first.
-COST = {"09_gpt": 3, "06_rnn_lstm_gru": 3, "05_deep_learning_cnn": 2, "02_gmm": 2, "08_vae": 2, "07_gan": 2}
+COST = {"10_evaluation": 3, "09_gpt": 3, "06_rnn_lstm_gru": 3, "05_deep_learning_cnn": 2, "02_gmm": 2, "08_vae": 2, "07_gan": 2}
 
 
 @dataclass
