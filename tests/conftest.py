@@ -61,6 +61,40 @@ class BookBuild:
     seconds: float
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_code():
+    """Drop JAX's compiled executables after each test module.
+
+    Every executable XLA:CPU compiles keeps about three memory mappings (code, constants,
+    data) for as long as JAX caches it. One pytest process compiles tens of thousands of
+    them, and Linux allows a process 65,530 mappings (``vm.max_map_count``): past that,
+    LLVM's JIT gets no memory and the process dies with a segmentation fault inside XLA's
+    compiler, in whichever test happens to compile next. Clearing the caches between
+    modules keeps the count to one module's worth; a module that alone comes within half of
+    the limit is reported here, by name, instead of crashing a later one.
+    """
+    yield
+    if "jax" not in sys.modules:
+        return
+    import gc
+    import jax
+    jax.clear_caches()
+    gc.collect()
+    maps, limit = _memory_mappings()
+    if limit and maps > limit // 2:
+        pytest.fail(f"{maps} memory mappings after this module (the limit is {limit}): "
+                    "something keeps compiled code alive across tests", pytrace=False)
+
+
+def _memory_mappings() -> tuple[int, int]:
+    """This process's memory mappings and the kernel's limit (0, 0 where not Linux)."""
+    try:
+        with open("/proc/self/maps") as maps, open("/proc/sys/vm/max_map_count") as limit:
+            return sum(1 for _ in maps), int(limit.read())
+    except OSError:
+        return 0, 0
+
+
 @pytest.fixture(scope="session")
 def book(tmp_path_factory) -> BookBuild:
     """Build the book once per session, the way ``make book`` does, into a temporary folder.
