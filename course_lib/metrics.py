@@ -21,12 +21,27 @@ Shapes: ``N`` real and ``M`` generated samples, ``D`` feature width, ``C`` class
 kernel is jit-compiled and works in the inputs' floating dtype: float32 by default, float64
 when ``jax_enable_x64`` is on and float64 arrays are given.
 
-Distances for k-NN metrics are squared Euclidean, ``|a|^2 + |b|^2 - 2 a.b`` after both sets
-are centred on the real set's mean (less cancellation in float32), computed ``block_size``
-query rows at a time against the whole other set: a ``10^4 x 10^4`` problem never holds
-more than ``block_size x 10^4`` distances at once. Balls are closed (``d <= radius``): a
-generated sample on a ball's boundary, or a duplicate of a point whose k-th neighbour is
-itself a duplicate, is inside.
+Distances for k-NN metrics are squared Euclidean, computed ``block_size`` query rows at a
+time against the whole other set (a ``10^4 x 10^4`` problem never holds more than
+``block_size x 10^4`` distances at once) by the matrix-product expansion
+``|a'|^2 + |b'|^2 - 2 a'.b'`` of ``a' = a - c``, ``b' = b - c``. Its rounding error grows with
+``|a'|^2 + |b'|^2``, not with the distance: in float32, points 10^4 from ``c`` and 1 apart
+would get errors of several units. Hence, wherever the data lie: the query rows are put in a
+spatial order (recursive bisection along principal axes), so that a block is compact, and
+each block is centred on one of its own rows (or on the reference's mean when that is as
+near), ``b - c`` computed explicitly; every computed distance carries a rounding bound
+``gamma (|a'|^2 + |b'|^2)``, ``gamma = (8 sqrt(D) + 16) u`` (``u`` the unit roundoff; measured
+errors stay below 1/8 of it). The k nearest neighbours are picked among candidates ranked by
+lower bounds, recomputed directly as ``sum((a - b)^2)`` (an exact copy is at distance exactly
+0; among equal distances the lower index comes first) and certified by the bound; a ball test
+is taken as computed when its bound is at most ``4 gamma`` times the radius^2. Query rows that
+the bound leaves in doubt are redone in small chunks, each centred on one of its rows, and if
+still in doubt from direct differences. The results thus equal an exact computation's except
+for pairs within ``4 gamma`` (relative: 1e-5 at ``D = 8``, 1e-4 at ``D = 2048`` in float32) of
+a ball's boundary; far-apart clusters cost time (more rows redone), not accuracy. Balls are
+closed (``d <= radius``): a generated sample on a ball's boundary, or a duplicate of a point
+whose k-th neighbour is itself a duplicate, is inside; on coarse-grid data (small integers)
+every distance is exact, so boundary ties are exact too.
 """
 from __future__ import annotations
 
@@ -354,80 +369,338 @@ def kid(key, features_real, features_fake, *, n_subsets: int = 100,
 
 
 # ==================================================================== blocked k-NN kernels
+# Squared distances, in the working dtype, as |a'|^2 + |b'|^2 - 2 a'.b' with a' = a - c and
+# b' = b - c for a centre c near a: the matrix product makes this fast, but its rounding error
+# grows with |a'|^2 + |b'|^2, not with the distance. Hence (module docstring): query rows in a
+# spatial order, so that a block holds near rows and one of them is a good centre; rounding
+# bounds on every value; direct recomputation (sum((a - b)^2)) of the k-NN candidates, and of
+# any query row whose result the bound leaves in doubt.
+_LEAF = 16            # rows per leaf of the spatial order
+_SKETCH = 32          # wider data are ordered by their projection on this many directions
+_POWER_STEPS = 3      # power-iteration steps for each group's principal axis
+_EXTRA = 4            # candidates beyond k that _knn recomputes exactly
+_CHUNK = 32           # query rows per chunk of the second pass
+_TRUSTED = 4.0        # a ball test is taken as computed when |a'|^2 + |b'|^2 <= _TRUSTED r^2
+
+
+def _rounding_bound(dtype, width: int) -> float:
+    """``gamma`` with ``|d2_computed - d2| <= gamma (|a'|^2 + |b'|^2)`` for the expansion.
+
+    Each length-``D`` sum (the two squared norms, the product ``a'.b'``) is off by at most
+    ``lambda sqrt(D) u`` times the sum of its terms' magnitudes with high probability
+    (Higham & Mary's probabilistic bound, ``lambda = 4``; ``u`` the unit roundoff), which gives
+    ``8 sqrt(D) u (|a'|^2 + |b'|^2)`` with ``2 |a'||b'| <= |a'|^2 + |b'|^2``; the centring
+    ``a - c`` and the three additions add ``16 u (...)`` at most.
+    """
+    return (8.0 * math.sqrt(width) + 16.0) * float(jnp.finfo(dtype).eps) / 2
+
+
+def _spatial_order(x: Array) -> Array:
+    """A permutation of the rows of ``x (n, D)`` in which neighbouring rows are close in space.
+
+    Recursive bisection: each group of rows is sorted along its own principal axis (a few
+    power-iteration steps from the coordinate of largest spread) and halved, down to groups
+    of about ``_LEAF`` rows; shapes are static (rows padded to a multiple of the number of
+    leaves, padding sorted last). Wider data than ``_SKETCH`` are ordered by their projection
+    on an approximate top-``_SKETCH`` principal subspace (one power step of a fixed Gaussian
+    sketch), which keeps far-apart clusters apart. Only speed depends on this order, never a
+    result.
+    """
+    n, width = x.shape
+    if n <= _LEAF:
+        return jnp.arange(n)
+    z = x - jnp.mean(x, axis=0)
+    z = z / jnp.maximum(jnp.max(jnp.abs(z)), jnp.finfo(x.dtype).tiny)
+    if width > _SKETCH:
+        omega = jax.random.normal(jax.random.key(0), (width, _SKETCH), x.dtype)
+        basis, _ = jnp.linalg.qr(z.T @ (z @ omega))
+        z = z @ basis
+    levels = math.ceil(math.log2(n / _LEAF))
+    n_pad = -(-n // 2 ** levels) * 2 ** levels
+    z = jnp.pad(z, ((0, n_pad - n), (0, 0)))
+    real = jnp.arange(n_pad) < n
+    order = jnp.arange(n_pad)
+    for level in range(levels):
+        groups = 2 ** level
+        zs = z[order].reshape(groups, -1, z.shape[1])
+        ok = real[order].reshape(groups, -1)
+        w = ok[..., None].astype(z.dtype)
+        count = jnp.maximum(jnp.sum(w, axis=1, keepdims=True), 1)
+        zc = (zs - jnp.sum(zs * w, axis=1, keepdims=True) / count) * w
+        widest = jnp.argmax(jnp.sum(zc * zc, axis=1), axis=-1)
+        axis = jax.nn.one_hot(widest, z.shape[1], dtype=z.dtype)
+        for _ in range(_POWER_STEPS):
+            axis = jnp.einsum("gsp,gs->gp", zc, jnp.einsum("gsp,gp->gs", zc, axis))
+            axis = axis / jnp.maximum(jnp.linalg.norm(axis, axis=1, keepdims=True),
+                                      jnp.finfo(z.dtype).tiny)
+        key = jnp.where(ok, jnp.einsum("gsp,gp->gs", zc, axis), jnp.inf)
+        order = jnp.take_along_axis(order.reshape(groups, -1),
+                                    jnp.argsort(key, axis=1, stable=True), axis=1).reshape(-1)
+    return order[jnp.argsort(~real[order], stable=True)][:n]
+
+
 def _blocks(x: Array, block: int) -> tuple[Array, Array]:
-    """``x (n, D)`` padded with zero rows to whole blocks: ``(n_blocks, block, D)``, and a
+    """``x (n, ...)`` padded with zero rows to whole blocks: ``(n_blocks, block, ...)``, and a
     ``(n_blocks, block)`` mask of the real rows."""
     n = x.shape[0]
     n_blocks = -(-n // block)
     pad = n_blocks * block - n
-    xp = jnp.pad(x, ((0, pad), (0, 0)))
+    xp = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1))
     valid = jnp.arange(n_blocks * block) < n
-    return xp.reshape(n_blocks, block, x.shape[1]), valid.reshape(n_blocks, block)
+    return xp.reshape(n_blocks, block, *x.shape[1:]), valid.reshape(n_blocks, block)
 
 
-def _sq_dists(a: Array, b: Array, b_sq: Array) -> Array:
-    """Squared Euclidean distances ``(len(a), len(b))``, clipped at 0."""
-    a_sq = jnp.sum(a * a, axis=1)
-    return jnp.maximum(a_sq[:, None] + b_sq[None, :] - 2.0 * _dot(a, b.T), 0.0)
+def _round_centre(c: Array, x: Array, ok: Array) -> Array:
+    """``c`` rounded to a multiple of a power of two near 1/16 of the spread ``max |x - c|``
+    of the rows ``ok`` (a move of at most 1/32 of it): on coarse-grid data (small integers,
+    ...) the centred values, their squares and products are then exact, so ties at a ball's
+    boundary stay exact ties."""
+    spread = jnp.max(jnp.where(ok[:, None], jnp.abs(x - c), 0))
+    grid = jnp.exp2(jnp.floor(jnp.log2(jnp.maximum(spread, jnp.finfo(x.dtype).tiny))) - 4)
+    return jnp.where((spread > 0) & (jnp.abs(c) < 2.0 ** 22 * grid), jnp.round(c / grid) * grid, c)
+
+
+def _frame(reference: Array) -> tuple[Array, Array, Array]:
+    """The reference's own (rounded) mean ``g``, ``reference - g`` and its squared norms:
+    computed once per pass, shared by the blocks that lie near ``g``."""
+    g = _round_centre(jnp.mean(reference, axis=0), reference, jnp.ones(reference.shape[0], bool))
+    moved = reference - g
+    return g, moved, jnp.sum(moved * moved, axis=1)
+
+
+def _in_frame(q: Array, ok: Array, reference: Array, frame, fn):
+    """``fn(q - c, reference - c, |q - c|^2, |reference - c|^2)`` for a centre ``c`` near the
+    block ``q`` (rows ``ok``), ``reference - c`` computed explicitly (never as
+    ``|b|^2 - 2 b.c + |c|^2``).
+
+    ``c`` is the block's middle row (its rows are in spatial order; a data point, so a block
+    that straddles far-apart clusters is centred on one of them, not between them), rounded
+    by :func:`_round_centre`. When the shared centre ``g`` of ``frame`` is about as near
+    (``|q - g|^2 <= 2 |q - c|^2`` for at least half of the rows), ``g`` is used instead, with
+    the precomputed ``reference - g``: no ``(R, D)`` array is written for the block."""
+    n_ok = jnp.sum(ok)
+    middle = jnp.argmax(ok & (jnp.cumsum(ok) - 1 == n_ok // 2))
+    c = _round_centre(q[middle], q, ok)
+    g, moved, norms = frame
+    as_near = jnp.sum((q - g) ** 2, axis=1) <= 2 * jnp.sum((q - c) ** 2, axis=1)
+    shared = 2 * jnp.sum(ok & as_near) >= n_ok
+
+    def at(centre, rc, rn):
+        qc = q - centre
+        return fn(qc, rc, jnp.sum(qc * qc, axis=1), rn)
+
+    def own(_):
+        rc = reference - c
+        return at(c, rc, jnp.sum(rc * rc, axis=1))
+
+    return jax.lax.cond(shared, lambda _: at(g, moved, norms), own, None)
+
+
+def _exact_sq(a: Array, b: Array) -> Array:
+    """``sum((a - b)^2)`` over the last axis: each difference rounded once, so accurate to
+    ``~sqrt(D) u`` relative and exactly 0 for equal rows."""
+    diff = a - b
+    return jnp.sum(diff * diff, axis=-1)
+
+
+def _exact_rows(q: Array, reference: Array) -> Array:
+    """``(len(q), R)`` squared distances by :func:`_exact_sq`, one query row at a time."""
+    return jax.lax.map(lambda row: _exact_sq(row, reference), q)
+
+
+def _second_pass(done: Array, process, state, chunk: int):
+    """``state = process(state, rows, live)`` on consecutive chunks of the positions where
+    ``done`` is False (``rows (chunk,)``; ``live`` marks the real ones in the last chunk).
+    A ``while_loop``: nothing runs when every row is done."""
+    n = done.shape[0]
+    todo = jnp.sum(~done)
+    positions = jnp.concatenate([jnp.nonzero(~done, size=n, fill_value=0)[0],
+                                 jnp.zeros(chunk, jnp.int32)])
+
+    def body(carry):
+        i, state = carry
+        rows = jax.lax.dynamic_slice(positions, (i * chunk,), (chunk,))
+        return i + 1, process(state, rows, i * chunk + jnp.arange(chunk) < todo)
+
+    return jax.lax.while_loop(lambda carry: carry[0] * chunk < todo, body, (0, state))[1]
+
+
+def _knn_block(q: Array, ok: Array, reference: Array, frame, k: int, gamma: float):
+    """The ``k`` nearest reference rows of a block of query rows: squared distances (exact,
+    ascending, ties by lower index), indices, and whether the result is certified.
+
+    Lower bounds ``L = d2_computed - gamma (|a'|^2 + |b'|^2)`` rank the reference; the
+    ``m = k + _EXTRA`` lowest are recomputed exactly and sorted by ``(d2, index)``. Certified
+    when the ``(m + 1)``-th lowest bound exceeds the exact k-th distance: then no other row can
+    be nearer (or tie). Rows that are not ``ok`` (padding) count as certified.
+    """
+    n_ref = reference.shape[0]
+    m = min(k + _EXTRA, n_ref)
+
+    def candidates(qc, rc, qn, rn):
+        lower = ((1 - gamma) * qn)[:, None] + ((1 - gamma) * rn)[None, :] - 2.0 * _dot(qc, rc.T)
+        return jax.lax.top_k(-lower, min(m + 1, n_ref))
+
+    # the barrier keeps XLA:CPU from fusing the top_k's producers into the gather (50x slower)
+    neg, cand = jax.lax.optimization_barrier(_in_frame(q, ok, reference, frame, candidates))
+    exact = _exact_sq(q[:, None, :], reference[cand[:, :m]])
+    d2, idx = jax.lax.sort((exact, cand[:, :m]), dimension=1, num_keys=2)
+    d2, idx = d2[:, :k], idx[:, :k]
+    if m == n_ref:                       # every row was recomputed
+        return d2, idx, jnp.ones(q.shape[0], bool)
+    return d2, idx, (-neg[:, m] > d2[:, -1]) | ~ok
+
+
+def _knn_ordered(qs: Array, reference: Array, k: int, block: int, gamma: float):
+    """:func:`_knn_block` over ``block``-row blocks of ``qs`` (already in spatial order); rows
+    not certified go again in ``_CHUNK``-row chunks (each centred by :func:`_in_frame`); rows
+    still not certified there are computed in full by :func:`_exact_rows`."""
+    n = qs.shape[0]
+    block = min(block, n)
+    blocks, valid = _blocks(qs, block)
+    frame = _frame(reference)
+    d2, idx, done = jax.lax.map(lambda b: _knn_block(b[0], b[1], reference, frame, k, gamma),
+                                (blocks, valid))
+    d2, idx, done = d2.reshape(-1, k)[:n], idx.reshape(-1, k)[:n], done.reshape(-1)[:n]
+
+    def process(state, rows, live):
+        q = qs[rows]
+        cd2, cidx, cert = _knn_block(q, live, reference, frame, k, gamma)
+
+        def full(_):
+            neg, fidx = jax.lax.top_k(-_exact_rows(q, reference), k)   # ties: lower index first
+            return jnp.where(cert[:, None], cd2, -neg), jnp.where(cert[:, None], cidx, fidx)
+
+        cd2, cidx = jax.lax.cond(jnp.any(~cert), full, lambda _: (cd2, cidx), None)
+        target = jnp.where(live, rows, n)                               # n: dropped
+        return state[0].at[target].set(cd2, mode="drop"), state[1].at[target].set(cidx, mode="drop")
+
+    return _second_pass(done, process, (d2, idx), min(_CHUNK, n))
+
+
+def _unpermute(values: Array, order: Array) -> Array:
+    """``out[order[i]] = values[i]``."""
+    return jnp.zeros_like(values).at[order].set(values)
 
 
 @partial(jax.jit, static_argnames=("k", "block"))
 def _knn(query: Array, reference: Array, k: int, block: int) -> tuple[Array, Array]:
     """The ``k`` smallest squared distances from each query row to ``reference``, and indices."""
-    ref_sq = jnp.sum(reference * reference, axis=1)
-    blocks, _ = _blocks(query, block)
-
-    def one(q):
-        neg, idx = jax.lax.top_k(-_sq_dists(q, reference, ref_sq), k)
-        return -neg, idx
-
-    d2, idx = jax.lax.map(one, blocks)
-    n = query.shape[0]
-    return d2.reshape(-1, k)[:n], idx.reshape(-1, k)[:n]
+    gamma = _rounding_bound(query.dtype, query.shape[1])
+    order = _spatial_order(query)
+    d2, idx = _knn_ordered(query[order], reference, k, block, gamma)
+    return _unpermute(d2, order), _unpermute(idx, order)
 
 
-def _radii_sq(x: Array, k: int, block: int) -> Array:
+def _radii_sq(x: Array, order: Array, k: int, block: int, gamma: float) -> Array:
     """Squared distance of each row to its k-th nearest other row (the row itself, at
-    distance 0, is the first of the ``k + 1`` nearest)."""
-    return _knn(x, x, k + 1, block)[0][:, -1]
+    distance 0, is the first of the ``k + 1`` nearest); ``order``: ``_spatial_order(x)``."""
+    return _unpermute(_knn_ordered(x[order], x, k + 1, block, gamma)[0][:, -1], order)
 
 
-def _cross(query: Array, reference: Array, query_r2: Array, reference_r2: Array, block: int):
-    """One blocked pass over ``query`` rows against all of ``reference``:
+def _ball_tests(d2: Array, qn: Array, rn: Array, r2: Array, gamma: float):
+    """``d2 <= r2`` as computed, and where that is in doubt: the rounding bound
+    ``gamma (|a'|^2 + |b'|^2)`` reaches past the boundary and exceeds ``_TRUSTED gamma r2``
+    (below that it is within a small factor of a direct computation's bound, ~``4 sqrt(D) u
+    r2``, so redoing the test directly would not make it much more certain). ``qn (B, 1)``,
+    ``rn (1, R)``: squared norms of the centred rows; ``r2``: radii^2, ``(1, R)`` or
+    ``(B, 1)``. Written without ``qn + rn`` so that XLA does not store that ``(B, R)`` sum."""
+    doubt = (qn > _TRUSTED * r2 - rn) & (jnp.abs(d2 - r2) < gamma * qn + gamma * rn)
+    return d2 <= r2, doubt
 
-    * ``inside (Q,)``: for each query row, how many reference balls (radius^2 ``reference_r2``)
-      contain it;
-    * ``covered (R,)``: for each reference row, whether some query ball (``query_r2``)
-      contains it;
-    * ``nearest (R,)``: for each reference row, the squared distance to its nearest query row.
+
+def _cross_block(q, ok, q_r2, reference, reference_r2, frame, gamma, exact: bool):
+    """Ball tests of a block of query rows against all of ``reference``: per query row the
+    number of reference balls holding it (``counts``); per reference row whether a query row
+    lies in its ball (``in_ref``) or it lies in a query row's ball (``in_query``), from the
+    pairs of ``ok`` rows whose test is certain (so never wrongly True); and which rows have
+    every test certain (padding counts as certain).
+    ``exact``: distances by :func:`_exact_rows`, all certain."""
+    no = jnp.zeros((q.shape[0], reference.shape[0]), bool)
+    ok_col = ok[:, None]
+
+    def reduce(d2, tests):
+        inside_ref, doubt_ref = (no, no) if reference_r2 is None else tests(reference_r2[None, :])
+        inside_query, doubt_query = (no, no) if q_r2 is None else tests(q_r2[:, None])
+        certain = ~jnp.any(doubt_ref | doubt_query, axis=1)
+        return (jnp.sum(inside_ref, axis=1), jnp.any(inside_ref & ~doubt_ref & ok_col, axis=0),
+                jnp.any(inside_query & ~doubt_query & ok_col, axis=0), certain | ~ok)
+
+    if exact:
+        d2 = _exact_rows(q, reference)
+        return reduce(d2, lambda r2: (d2 <= r2, no))
+
+    def approximate(qc, rc, qn, rn):
+        qn, rn = qn[:, None], rn[None, :]
+        d2 = qn + rn - 2.0 * _dot(qc, rc.T)
+        return reduce(d2, lambda r2: _ball_tests(d2, qn, rn, r2, gamma))
+
+    return _in_frame(q, ok, reference, frame, approximate)
+
+
+def _cross(query: Array, order: Array, query_r2, reference: Array, reference_r2, block: int,
+           gamma: float):
+    """One blocked pass over ``query`` rows (in ``order``, :func:`_spatial_order`) against all
+    of ``reference``; balls are closed, radii^2 ``query_r2 (Q,)`` and ``reference_r2 (R,)``
+    (``None``: not tested). Returns, in the callers' row order:
+
+    * ``counts (Q,)``: for each query row, how many reference balls contain it;
+    * ``in_ref (R,)``: for each reference row, whether some query row lies in its ball;
+    * ``in_query (R,)``: for each reference row, whether it lies in some query row's ball.
+
+    Pairs whose test the rounding bound leaves in doubt contribute nothing; their query rows
+    are redone in ``_CHUNK``-row chunks (each centred by :func:`_in_frame`), then, if still in
+    doubt, from direct differences (:func:`_exact_rows`).
     """
-    ref_sq = jnp.sum(reference * reference, axis=1)
-    blocks, valid = _blocks(query, block)
-    r2_blocks, _ = _blocks(query_r2[:, None], block)
-    n_ref = reference.shape[0]
+    n, n_ref = query.shape[0], reference.shape[0]
+    block = min(block, n)
+    qs = query[order]
+    qs_r2 = None if query_r2 is None else query_r2[order]
+    blocks, valid = _blocks(qs, block)
+    r2_blocks = None if qs_r2 is None else _blocks(qs_r2, block)[0]
+    frame = _frame(reference)
 
     def step(carry, inputs):
-        covered, nearest = carry
+        in_ref, in_query = carry
         q, ok, q_r2 = inputs
-        d2 = _sq_dists(q, reference, ref_sq)
-        inside = jnp.sum(d2 <= reference_r2[None, :], axis=1)
-        in_query_ball = (d2 <= q_r2) & ok[:, None]
-        covered = covered | jnp.any(in_query_ball, axis=0)
-        nearest = jnp.minimum(nearest, jnp.min(jnp.where(ok[:, None], d2, jnp.inf), axis=0))
-        return (covered, nearest), inside
+        counts, ref_part, query_part, done = _cross_block(q, ok, q_r2, reference, reference_r2,
+                                                          frame, gamma, exact=False)
+        return (in_ref | ref_part, in_query | query_part), (counts, done)
 
-    init = (jnp.zeros(n_ref, bool), jnp.full(n_ref, jnp.inf, query.dtype))
-    (covered, nearest), inside = jax.lax.scan(step, init, (blocks, valid, r2_blocks))
-    return inside.reshape(-1)[: query.shape[0]], covered, nearest
+    init = (jnp.zeros(n_ref, bool), jnp.zeros(n_ref, bool))
+    (in_ref, in_query), (counts, done) = jax.lax.scan(step, init, (blocks, valid, r2_blocks))
+    counts, done = counts.reshape(-1)[:n], done.reshape(-1)[:n]
+
+    def process(state, rows, live):
+        counts, in_ref, in_query = state
+        q = qs[rows]
+        q_r2 = None if qs_r2 is None else qs_r2[rows]
+        c_counts, c_ref, c_query, cert = _cross_block(q, live, q_r2, reference, reference_r2,
+                                                      frame, gamma, exact=False)
+
+        def full(_):
+            e_counts, e_ref, e_query, _ = _cross_block(q, live & ~cert, q_r2, reference,
+                                                       reference_r2, frame, gamma, exact=True)
+            return jnp.where(cert, c_counts, e_counts), c_ref | e_ref, c_query | e_query
+
+        c_counts, c_ref, c_query = jax.lax.cond(jnp.any(~cert), full,
+                                                lambda _: (c_counts, c_ref, c_query), None)
+        target = jnp.where(live, rows, n)
+        return counts.at[target].set(c_counts, mode="drop"), in_ref | c_ref, in_query | c_query
+
+    counts, in_ref, in_query = _second_pass(done, process, (counts, in_ref, in_query),
+                                            min(_CHUNK, n))
+    return _unpermute(counts, order), in_ref, in_query
 
 
 @partial(jax.jit, static_argnames=("k", "block"))
 def _precision_recall(real: Array, fake: Array, k: int, block: int):
-    centre = jnp.mean(real, axis=0)
-    real, fake = real - centre, fake - centre
-    real_r2, fake_r2 = _radii_sq(real, k, block), _radii_sq(fake, k, block)
-    inside, covered, _ = _cross(fake, real, fake_r2, real_r2, block)
-    precision = jnp.mean((inside > 0).astype(real.dtype))
+    gamma = _rounding_bound(real.dtype, real.shape[1])
+    real_order, fake_order = _spatial_order(real), _spatial_order(fake)
+    real_r2 = _radii_sq(real, real_order, k, block, gamma)
+    fake_r2 = _radii_sq(fake, fake_order, k, block, gamma)
+    counts, _, covered = _cross(fake, fake_order, fake_r2, real, real_r2, block, gamma)
+    precision = jnp.mean((counts > 0).astype(real.dtype))
     recall = jnp.mean(covered.astype(real.dtype))
     total = precision + recall
     f1 = jnp.where(total > 0, 2 * precision * recall / jnp.where(total > 0, total, 1.0), 0.0)
@@ -436,13 +709,11 @@ def _precision_recall(real: Array, fake: Array, k: int, block: int):
 
 @partial(jax.jit, static_argnames=("k", "block"))
 def _density_coverage(real: Array, fake: Array, k: int, block: int):
-    centre = jnp.mean(real, axis=0)
-    real, fake = real - centre, fake - centre
-    real_r2 = _radii_sq(real, k, block)
-    no_balls = jnp.full(fake.shape[0], -1.0, fake.dtype)
-    inside, _, nearest = _cross(fake, real, no_balls, real_r2, block)
-    density = jnp.sum(inside).astype(real.dtype) / (k * fake.shape[0])
-    coverage = jnp.mean((nearest <= real_r2).astype(real.dtype))
+    gamma = _rounding_bound(real.dtype, real.shape[1])
+    real_r2 = _radii_sq(real, _spatial_order(real), k, block, gamma)
+    counts, covered, _ = _cross(fake, _spatial_order(fake), None, real, real_r2, block, gamma)
+    density = jnp.sum(counts).astype(real.dtype) / (k * fake.shape[0])
+    coverage = jnp.mean(covered.astype(real.dtype))
     return density, coverage
 
 
@@ -521,18 +792,19 @@ def nearest_neighbours(query, reference, *, k: int = 1, block_size: int = 512) -
 
     ``query (Q, D)``, ``reference (R, D)``, ``1 <= k <= R``. Euclidean distances, ascending;
     among equal distances the lower reference index comes first. Computed ``block_size`` query
-    rows at a time against the whole reference (both centred on the reference's mean), so
-    memory is ``block_size x R``. To find generated samples that copy training data, compare
-    each sample's distance to its nearest training image with the distances between training
-    images themselves (``nearest_neighbours(train, train, k=2)``: the second column).
+    rows at a time against the whole reference, so memory is ``block_size x R``; the returned
+    distances are recomputed directly from the differences (module docstring), so an exact
+    copy of a reference row is at distance exactly 0, wherever the data lie. To find generated
+    samples that copy training data, compare each sample's distance to its nearest training
+    image with the distances between training images themselves
+    (``nearest_neighbours(train, train, k=2)``: the second column).
     """
     query = _feature_set(query, "query")
     reference = _feature_set(reference, "reference")
     reference, query = _same_width(reference, query, "reference", "query")
     k = _validate.count(k, "k", maximum=reference.shape[0])
     block = _validate.count(block_size, "block_size")
-    centre = jnp.mean(reference, axis=0)
-    d2, idx = _knn(query - centre, reference - centre, k, block)
+    d2, idx = _knn(query, reference, k, block)
     return Neighbours(jnp.sqrt(d2), idx)
 
 

@@ -329,6 +329,91 @@ def test_mode_dropping_lowers_recall_not_precision_and_an_outlier_is_what_densit
     assert float(dc.coverage) < 0.35
 
 
+def far_clusters(seed, n_real, n_fake, grid: bool, d=8):
+    """Unit-spread clusters 10^4 apart, far from the origin (centres 1e4 ... 5e4), float32:
+    two on a line, or a 5 x 5 grid. Generated samples: spread 1.25 and shifted by 0.3, so
+    precision, recall, density and coverage are all strictly between their extremes."""
+    rng = np.random.default_rng(seed)
+    if grid:
+        centres = np.zeros((25, d))
+        centres[:, :2] = 1e4 * np.array([(i, j) for i in range(1, 6) for j in range(1, 6)])
+    else:
+        centres = np.zeros((2, d))
+        centres[:, 0] = [1e4, 2e4]
+    real = np.concatenate([c + rng.normal(size=(n_real, d)) for c in centres])
+    fake = np.concatenate([c + 1.25 * rng.normal(size=(n_fake, d)) + 0.3 for c in centres])
+    return real.astype(np.float32), fake.astype(np.float32)
+
+
+def boundary_margin(real, fake, k):
+    """Smallest |d^2 / r^2 - 1| over the cross pairs, for the real and the generated k-NN balls."""
+    real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
+    d2 = lambda a, b: ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)  # noqa: E731
+    r_real = np.sort(d2(real, real), axis=1)[:, k]
+    r_fake = np.sort(d2(fake, fake), axis=1)[:, k]
+    rf = d2(real, fake)
+    return min(np.abs(rf / r_real[:, None] - 1).min(), np.abs(rf / r_fake[None, :] - 1).min())
+
+
+@pytest.mark.parametrize("grid,seed,n,block", [(False, 5, 500, 512), (True, 1, 40, 512),
+                                               (True, 1, 40, 96)],
+                         ids=["two-clusters", "5x5-grid", "5x5-grid-block-96"])
+def test_far_apart_clusters_in_float32_match_a_float64_brute_force_exactly(grid, seed, n, block):
+    """Clusters of unit spread 10^4 apart in float32: |x|^2 ~ 10^8 cancels to ~1 in the
+    expansion of a distance unless each block is centred on its own rows. No cross pair lies
+    within 1e-5 (relative) of a ball's boundary, so the fractions must be equal, not close."""
+    real, fake = far_clusters(seed, n, n, grid)
+    assert min(boundary_margin(real, fake, 3), boundary_margin(real, fake, 5)) > 1e-5
+    p, r, _, _ = brute_force_prdc(real, fake, 3)
+    _, _, dens, cov = brute_force_prdc(real, fake, 5)
+    pr = metrics.precision_recall(real, fake, k=3, block_size=block)
+    dc = metrics.density_coverage(real, fake, k=5, block_size=block)
+    assert pr.precision.dtype == jnp.float32
+    assert (float(pr.precision), float(pr.recall)) == pytest.approx((p, r), abs=1e-7)
+    assert (float(dc.density), float(dc.coverage)) == pytest.approx((dens, cov), abs=1e-7)
+    assert 0.3 < p < 0.9 and 0.3 < r < 0.999 and 0.3 < dens < 0.9 and 0.5 < cov < 0.99
+
+
+def test_nearest_neighbours_far_from_the_origin_are_exact_for_copies_and_float64_accurate():
+    """A 5 x 5 grid of clusters 10^4 apart: exact copies of reference rows are at distance
+    exactly 0 (their own index first), the k-NN distances of every query match a float64
+    brute force to 1e-5 relative, and the order matches a stable argsort."""
+    reference, _ = far_clusters(3, 30, 0, grid=True)             # 750 rows, D = 8
+    rng = np.random.default_rng(4)
+    picked = rng.choice(len(reference), 60, replace=False)
+    others = reference[rng.choice(len(reference), 40, replace=False)] + rng.normal(size=(40, 8))
+    query = np.concatenate([reference[picked], others.astype(np.float32)])
+    d2 = ((query[:, None, :].astype(np.float64) - reference[None]) ** 2).sum(-1)
+    order = np.argsort(d2, axis=1, kind="stable")[:, :5]
+    want = np.sqrt(np.take_along_axis(d2, order, 1))
+    assert np.all(np.diff(want, axis=1)[:, 1:] > 1e-5 * want[:, 2:])    # no near-ties to order
+    for block in (512, 64):
+        got = metrics.nearest_neighbours(query, reference, k=5, block_size=block)
+        np.testing.assert_array_equal(got.distances[:60, 0], 0.0)
+        np.testing.assert_array_equal(got.indices[:60, 0], picked)
+        np.testing.assert_array_equal(got.indices, order)
+        np.testing.assert_allclose(got.distances, want, rtol=1e-5)
+    # the k-NN radii of the set itself: column 0 is the row (distance 0), then float64-accurate
+    own = metrics.nearest_neighbours(reference, reference, k=4)
+    np.testing.assert_array_equal(own.distances[:, 0], 0.0)
+    np.testing.assert_array_equal(own.indices[:, 0], np.arange(len(reference)))
+    d2_own = ((reference[:, None, :].astype(np.float64) - reference[None]) ** 2).sum(-1)
+    np.testing.assert_allclose(own.distances, np.sqrt(np.sort(d2_own, axis=1)[:, :4]), rtol=1e-5)
+
+
+def test_duplicates_far_from_the_origin_tie_at_zero_with_the_lower_index_first():
+    """Rows duplicated in the reference, 10^4 from the origin: both copies at distance exactly
+    0, the lower index first, for any block size."""
+    base, _ = far_clusters(6, 200, 0, grid=False)                # 400 rows, D = 8
+    reference = np.concatenate([base, base[:25]])                 # rows i and 400 + i equal
+    query = base[:25][::-1]
+    for block in (512, 7):
+        got = metrics.nearest_neighbours(query, reference, k=2, block_size=block)
+        np.testing.assert_array_equal(got.distances, 0.0)
+        np.testing.assert_array_equal(got.indices, np.stack([np.arange(25), 400 + np.arange(25)],
+                                                            axis=1)[::-1])
+
+
 # ============================================================================= likelihoods
 def test_perplexity_is_exp_of_the_mean_cross_entropy_and_bits_per_char_its_log2():
     rng = np.random.default_rng(12)
